@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 CONF_NAME = "redis.conf"
 DATA_NAME = "captionary.rdb"
@@ -124,7 +126,8 @@ def _client(sock: str, **kwargs) -> redis.Redis:
 def _answers(sock: str) -> bool:
     if not os.path.exists(sock):
         return False
-    client = _client(sock, socket_connect_timeout=2, socket_timeout=5)
+    # No retries: a refused connection is the answer ("not running"), not a glitch to wait out.
+    client = _client(sock, socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -197,7 +200,8 @@ def stop(instance_path: str | os.PathLike, timeout_s: float = 30.0) -> bool:
     pid = server_pid(instance)
     if pid is None:
         return False
-    client = _client(sock)
+    # No retries: the server closing the connection is the expected answer to SHUTDOWN.
+    client = _client(sock, retry=Retry(NoBackoff(), 0))
     try:
         client.shutdown(nosave=True)  # `save ""`: the AOF, fsynced per write, already holds everything
     except redis.ConnectionError:

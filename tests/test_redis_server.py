@@ -1,0 +1,115 @@
+"""The embedded redis-server: one per instance folder, outlives its starter, durable across crashes."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from game import redis_server
+from game.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _servers_for(instance: Path) -> list[int]:
+    """Pids of redis-server processes started with this instance's config file."""
+    conf = str(instance / redis_server.CONF_NAME)
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat.split(")")[-1].split()[0] == "Z":
+            continue
+        if any(conf.encode() in part for part in cmdline) or (
+                b"redis-server" in cmdline[0] and str(instance).encode() in b" ".join(cmdline)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _wait_dead(pid: int) -> None:
+    while redis_server._pid_alive(pid):
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def instance(tmp_path):
+    path = tmp_path / "instance"
+    yield path
+    redis_server.stop(str(path))
+
+
+def test_config_is_durable_and_local_only(instance):
+    client = redis_server.connect(str(instance))
+    config = client.config_get("*")
+    assert config["appendonly"] == "yes" and config["appendfsync"] == "always"
+    assert config["port"] == "0"  # unix socket only
+    assert Path(config["dir"]) == instance
+    assert redis_server.is_running(str(instance))
+
+
+def test_two_processes_connecting_at_once_start_one_server_that_outlives_them(instance):
+    code = ("import sys; from game.redis_server import connect; "
+            "r = connect(sys.argv[1]); r.incr('starts'); print(r.info('server')['process_id'])")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(instance)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    pids = {int(out.strip()) for out, _ in outputs}
+    assert len(pids) == 1
+    # Every starter has exited; the server is still there, alone, with all four writes.
+    assert redis_server.is_running(str(instance))
+    assert _servers_for(instance) == list(pids)
+    assert int(redis_server.connect(str(instance)).get("starts")) == 4
+
+
+def test_data_survives_a_clean_restart(instance):
+    client = redis_server.connect(str(instance))
+    client.set("kept", "yes")
+    assert redis_server.stop(str(instance)) is True
+    assert not redis_server.is_running(str(instance))
+    assert redis_server.stop(str(instance)) is False
+    assert redis_server.connect(str(instance)).get("kept") == b"yes"
+
+
+def test_acknowledged_submissions_survive_kill_9(instance, clock):
+    from conftest import png_bytes
+    import numpy as np
+    store = Store(redis_server.connect(str(instance)), "test-tiny/random", clock=clock)
+    for i in range(3):
+        store.add_target("photo", png_bytes((i, 100, 100)), np.ones(8) + i, title=f"p{i}")
+    puzzle = store.puzzles_for(store.today())[0].id
+    results = [store.submit(f"crash-player-{i:03d}", puzzle, f"caption {i}", i / 100) for i in range(20)]
+    pid = redis_server.server_pid(str(instance))
+    os.kill(pid, signal.SIGKILL)  # no shutdown, no final save: only what was fsynced survives
+    _wait_dead(pid)
+    assert not redis_server.is_running(str(instance))
+    after = Store(redis_server.connect(str(instance)), "test-tiny/random", clock=clock)
+    assert redis_server.server_pid(str(instance)) != pid
+    for i, result in enumerate(results):
+        assert after.best(f"crash-player-{i:03d}", puzzle) == result.best
+    assert len(after.leaderboard(puzzle, limit=50)) == 20
+    assert len(after.submission_log(after.today())) == 20
+
+
+def test_long_instance_paths_get_a_short_socket(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    sock = redis_server.socket_path(str(deep))
+    assert len(sock) <= 100 and sock == redis_server.socket_path(str(deep))
+    try:
+        assert redis_server.connect(str(deep)).ping()
+    finally:
+        redis_server.stop(str(deep))
+
+
+def test_redis_url_gives_a_plain_client(redis_url, redis_client):
+    client = redis_server.connect("/nonexistent/unused", redis_url)
+    client.set("via-url", "1")
+    assert redis_client.get("via-url") == b"1"
