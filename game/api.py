@@ -1,0 +1,141 @@
+"""HTTP JSON endpoints: the websocket's actions for networks that block websockets, plus status.
+
+  GET  /api/status                 model id, is_pretrained, demo mode, today
+  GET  /api/state?puzzle=ID        the player's state (and the puzzle's, if given)
+  POST /api/draft    {puzzle, caption, seq?}   -> score
+  POST /api/submit   {puzzle, caption}         -> result
+  POST /api/hint     {puzzle}                  -> hint
+  POST /api/nickname {nickname}                -> {type: "nickname", nickname}
+  GET  /api/board?puzzle=ID        the puzzle's leaderboard
+  GET  /api/daily?date=YYYY-MM-DD  the day's leaderboard
+
+Bodies go through the same `parse_message` as websocket frames, and replies
+are the same messages. POSTs must be `application/json` (a cross-site form
+cannot send that without a CORS preflight, which we never grant) and, when
+the browser sends an Origin, come from this site.
+"""
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, jsonify, request
+
+from game import puzzles as pz
+from game.protocol import ProtocolError, board_entry, parse_message, public_id
+from game.views import current_player
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+STATUS_FOR = {"unknown_puzzle": 404, "not_found": 404, "not_yet": 404, "over_cap": 409, "not_today": 409,
+              "slow_down": 429, "busy": 503, "too_big": 413, "no_hint": 404}
+
+
+def _reply(message: dict):
+    status = 200
+    if message.get("type") == "error":
+        status = STATUS_FOR.get(message["code"], 400)
+    resp = jsonify(message)
+    resp.status_code = status
+    if status == 429:
+        resp.headers["Retry-After"] = "1"
+    return resp
+
+
+def _action(kind: str) -> dict:
+    """Parse the JSON body as a `kind` message (same validation as a websocket frame)."""
+    origin = request.headers.get("Origin")
+    if origin and urlsplit(origin).netloc != request.host:
+        raise ProtocolError("bad_origin", "requests from other sites are refused")
+    if not request.is_json:
+        raise ProtocolError("bad_json", "send a JSON body with Content-Type: application/json")
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_json", "that body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_message", "the body must be a JSON object")
+    body["type"] = kind
+    if kind == "draft":
+        body.setdefault("seq", 0)
+    return parse_message(json.dumps(body), current_app.config["MAX_FRAME_BYTES"] + 64)
+
+
+def _run(fn):
+    try:
+        return _reply(fn())
+    except ProtocolError as exc:
+        return _reply(exc.reply())
+
+
+def _game():
+    return current_app.extensions["game"]
+
+
+@bp.get("/status")
+def status():
+    judge, store = current_app.extensions["judge"], current_app.extensions["store"]
+    return jsonify({"type": "status", "model_id": judge.model_id, "is_pretrained": judge.is_pretrained,
+                    "demo_mode": judge.demo_mode, "demo_reason": judge.demo_reason, "today": store.today(),
+                    "puzzles_per_day": store.puzzles_per_day, "max_submissions": store.max_submissions,
+                    "max_caption_chars": current_app.config["MAX_CAPTION_CHARS"]})
+
+
+@bp.get("/state")
+def state():
+    return _run(lambda: _game().state(current_player(), request.args.get("puzzle") or None))
+
+
+@bp.post("/draft")
+def draft():
+    return _run(lambda: _game().draft(current_player(), _action("draft")))
+
+
+@bp.post("/submit")
+def submit():
+    return _run(lambda: _game().submit(current_player(), _action("submit")))
+
+
+@bp.post("/hint")
+def hint():
+    return _run(lambda: _game().hint(current_player(), _action("hint")))
+
+
+@bp.post("/nickname")
+def nickname():
+    def run():
+        body = _action("hello")
+        value = body.get("nickname")
+        if not isinstance(value, str):
+            raise ProtocolError("missing_field", "send {\"nickname\": \"...\"}")
+        try:
+            saved = current_app.extensions["store"].set_nickname(current_player(), value)
+        except ValueError as exc:
+            raise ProtocolError("bad_nickname", str(exc)) from None
+        return {"type": "nickname", "nickname": saved}
+    return _run(run)
+
+
+@bp.get("/board")
+def board():
+    puzzle = request.args.get("puzzle", "")
+    return _run(lambda: _game().board(puzzle, viewer=current_player()))
+
+
+@bp.get("/daily")
+def daily():
+    def run():
+        store = current_app.extensions["store"]
+        try:
+            day = pz.parse_date(request.args.get("date") or store.today())
+        except ValueError as exc:
+            raise ProtocolError("bad_field", str(exc)) from None
+        pid = current_player()
+        return {"type": "daily", "date": day, "player": public_id(pid),
+                "entries": [board_entry(e, pid) for e in store.daily_leaderboard(day)]}
+    return _run(run)
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)

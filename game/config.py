@@ -1,0 +1,125 @@
+"""Configuration: defaults, environment (CAPTIONARY_*, REDIS_URL), validation.
+
+`create_app` applies, in order: `DEFAULTS`, `app.config.from_prefixed_env("CAPTIONARY")`
+(so `CAPTIONARY_X=...` becomes `app.config["X"]`, JSON-decoded when it parses),
+`REDIS_URL`, then the test overrides; `finish()` then coerces types and checks
+what production requires. Values that are not obviously right fail here, at
+start-up, with a message naming the setting, instead of later as an HTTP 500.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+DEV_SECRET_PLACEHOLDER = "dev-not-secret"
+
+DEFAULTS: dict = {
+    "ENV": "development",  # development | production
+    "SECRET_KEY": None,  # production: required; development: a random per-instance key is stored in instance/
+    "REDIS_URL": None,  # None -> embedded redis-server with data in the instance folder
+    "CLIP_MODEL": "ViT-B-32",
+    "CLIP_PRETRAINED": "openai",  # a tag, a checkpoint file, or "random" (explicit, never real scores)
+    "VQGAN_MODEL": "vqgan_imagenet_f16_16384",
+    "MODELS_DIR": None,
+    "DEVICE": None,  # None -> cuda if available else cpu
+    "PUZZLES_PER_DAY": 3,
+    "MAX_SUBMISSIONS": 10,  # per player per puzzle per day
+    "MAX_CAPTION_CHARS": 200,
+    "ADMIN_TOKEN": None,
+    # Web-only settings (introduced by the web layer):
+    "DEMO_FALLBACK": True,  # development only: unavailable weights -> demo mode on test-tiny
+    "MAX_FRAME_BYTES": 4096,  # websocket frames above this get a "too_big" error (socket stays open)
+    "DRAFT_RATE": 12.0,  # drafts per second per player refilled into the token bucket
+    "DRAFT_BURST": 30,  # token-bucket size: a fast typist's burst is fine, a flood is not
+    "SUBMIT_RATE": 2.0,
+    "SUBMIT_BURST": 10,
+    "ALLOWED_ORIGINS": "",  # extra websocket origins besides the page's own host, comma-separated
+    "IMPORT_STARTER_PHOTOS": True,  # import assets/photos on first start (idempotent)
+    "SCORER_BATCH_WINDOW_MS": 2.0,
+    "TORCH_THREADS": None,  # None -> torch's default
+}
+
+_INT_KEYS = ("PUZZLES_PER_DAY", "MAX_SUBMISSIONS", "MAX_CAPTION_CHARS", "MAX_FRAME_BYTES",
+             "DRAFT_BURST", "SUBMIT_BURST")
+_FLOAT_KEYS = ("DRAFT_RATE", "SUBMIT_RATE", "SCORER_BATCH_WINDOW_MS")
+_BOOL_KEYS = ("DEMO_FALLBACK", "IMPORT_STARTER_PHOTOS")
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run; the message says which setting and what to do."""
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def finish(config: dict, instance_path: str) -> None:
+    """Coerce types, fill derived values, refuse what production cannot run with."""
+    env = str(config.get("ENV") or "development").lower()
+    if env not in ("development", "production"):
+        raise ConfigError(f"CAPTIONARY_ENV must be 'development' or 'production', not {env!r}")
+    config["ENV"] = env
+    for key in _INT_KEYS:
+        try:
+            config[key] = int(config[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"CAPTIONARY_{key} must be a whole number, not {config[key]!r}") from None
+        if config[key] <= 0:
+            raise ConfigError(f"CAPTIONARY_{key} must be positive, not {config[key]!r}")
+    for key in _FLOAT_KEYS:
+        try:
+            config[key] = float(config[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"CAPTIONARY_{key} must be a number, not {config[key]!r}") from None
+    for key in _BOOL_KEYS:
+        config[key] = _as_bool(config[key])
+    config["CLIP_PRETRAINED"] = str(config.get("CLIP_PRETRAINED") or "")
+    config["CLIP_MODEL"] = str(config.get("CLIP_MODEL") or "ViT-B-32")
+
+    secret = config.get("SECRET_KEY")
+    if env == "production":
+        if not secret or secret == DEV_SECRET_PLACEHOLDER or len(str(secret)) < 16:
+            raise ConfigError(
+                "production needs a real secret: set CAPTIONARY_SECRET_KEY to a random string of at "
+                "least 16 characters, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`")
+        if config["CLIP_PRETRAINED"] in ("", "random") or config["CLIP_MODEL"] == "test-tiny":
+            raise ConfigError(
+                f"production needs pretrained CLIP weights, but CAPTIONARY_CLIP_MODEL="
+                f"{config['CLIP_MODEL']!r} CAPTIONARY_CLIP_PRETRAINED={config['CLIP_PRETRAINED']!r} "
+                "means random weights whose scores are meaningless")
+    elif not secret:
+        config["SECRET_KEY"] = _instance_secret(instance_path)
+
+
+def _instance_secret(instance_path: str) -> str:
+    """A random development key kept in the instance folder.
+
+    Stored (not regenerated per process) so every gunicorn worker and restart
+    accepts the same session cookies; random so a checkout never ships a key.
+    """
+    os.makedirs(instance_path, exist_ok=True)
+    path = os.path.join(instance_path, "dev-secret-key")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            key = fh.read().strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32)
+    # Written to a private temp file, then hard-linked into place: link() fails if
+    # another process won the race, and nobody ever reads a half-written key.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        with open(path, encoding="utf-8") as fh:
+            key = fh.read().strip()
+    finally:
+        os.unlink(tmp)
+    return key

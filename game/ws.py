@@ -1,0 +1,210 @@
+"""The websocket endpoint (/ws, flask-sock): parse, call `game.protocol`, send JSON. Thin on purpose.
+
+Per connection: the player id comes from the same signed session cookie as
+the pages (no cookie -> 401 before the upgrade); the handshake's Origin must
+be this site's (or CAPTIONARY_ALLOWED_ORIGINS), else 403. Messages that
+arrive while a draft is being scored are read as one batch; drafts overtaken
+by a newer draft in the batch get `dropped` instead of a score. Board pushes
+arrive from Redis pub/sub through `BoardHub`: one subscriber thread per
+process fans out to this process's sockets, so a submission on any web
+process reaches every browser watching that puzzle.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, jsonify, request, session
+from flask_sock import Sock
+
+from game.protocol import ProtocolError, error, parse_message
+
+log = logging.getLogger("captionary.ws")
+bp = Blueprint("ws", __name__)
+sock = Sock()
+
+# A frame this large is closed by the websocket layer itself (1009); anything
+# between MAX_FRAME_BYTES and this gets a "too_big" error and the socket stays open.
+HARD_FRAME_LIMIT = 1 << 20
+
+
+class Connection:
+    """One socket: serialised sends (handler thread and hub thread both send) and its subscriptions."""
+
+    def __init__(self, ws, player_id: str):
+        self.ws, self.player_id = ws, player_id
+        self.puzzles: set[str] = set()  # subscribed boards
+        self.streams: set[str] = set()  # scorer streams this socket drafted on (freed on close)
+        self._send_lock = threading.Lock()
+
+    def send(self, message: dict) -> bool:
+        data = json.dumps(message, separators=(",", ":"))
+        try:
+            with self._send_lock:
+                self.ws.send(data)
+            return True
+        except Exception:  # closed or broken: the handler loop notices and cleans up
+            return False
+
+
+class BoardHub:
+    """One Redis pub/sub subscriber per process, fanning board changes out to local sockets."""
+
+    def __init__(self, redis_client, pattern: str, channel_for):
+        self.redis, self.pattern, self.channel_for = redis_client, pattern, channel_for
+        self._lock = threading.Lock()
+        self._by_channel: dict[str, set[Connection]] = {}
+        self._thread = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="captionary-board-hub", daemon=True)
+            self._thread.start()
+
+    def subscribe(self, conn: Connection, puzzle_ids) -> None:
+        with self._lock:
+            self._ensure_thread()
+            for pid in conn.puzzles - set(puzzle_ids):
+                self._by_channel.get(self.channel_for(pid), set()).discard(conn)
+            conn.puzzles = set(puzzle_ids)
+            for pid in conn.puzzles:
+                self._by_channel.setdefault(self.channel_for(pid), set()).add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        with self._lock:
+            for pid in conn.puzzles:
+                self._by_channel.get(self.channel_for(pid), set()).discard(conn)
+            conn.puzzles = set()
+
+    def _run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.psubscribe(self.pattern)
+                delay = 0.5
+                for item in pubsub.listen():
+                    if item.get("type") != "pmessage":
+                        continue
+                    channel = item["channel"]
+                    channel = channel.decode() if isinstance(channel, bytes) else channel
+                    data = item["data"]
+                    try:
+                        message = json.loads(data)
+                    except (TypeError, ValueError):
+                        continue
+                    with self._lock:
+                        targets = list(self._by_channel.get(channel, ()))
+                    for conn in targets:
+                        conn.send(message)
+            except Exception as exc:  # Redis restarted or the network blipped: resubscribe
+                level = logging.WARNING if delay == 0.5 else logging.DEBUG  # say it once per outage
+                log.log(level, "board hub lost its Redis subscription (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def _origin_allowed() -> bool:
+    origin = request.headers.get("Origin")
+    if not origin:
+        return True  # not a browser (browsers always send Origin on websocket handshakes)
+    allowed = {request.host}
+    extra = current_app.config.get("ALLOWED_ORIGINS") or ""
+    allowed.update(o.strip() for o in str(extra).split(",") if o.strip())
+    parts = urlsplit(origin)
+    return parts.netloc in allowed or origin in allowed
+
+
+@bp.before_request
+def _check_handshake():
+    if not _origin_allowed():
+        return jsonify(error("bad_origin", "websocket connections from other sites are refused")), 403
+    if not session.get("player"):
+        return jsonify(error("no_session", "open the game page first (it sets your player cookie)")), 401
+    return None
+
+
+@sock.route("/ws", bp=bp)
+def websocket(ws):
+    app = current_app
+    game, hub = app.extensions["game"], app.extensions["board_hub"]
+    max_bytes = app.config["MAX_FRAME_BYTES"]
+    conn = Connection(ws, session["player"])
+    try:
+        while True:
+            first = ws.receive()
+            if first is None:
+                break
+            batch = [first]
+            # Whatever else already arrived is handled together: a newer draft overtakes older ones.
+            while (more := ws.receive(timeout=0)) is not None:
+                batch.append(more)
+            for reply in handle_batch(game, hub, conn, batch, max_bytes):
+                if not conn.send(reply):
+                    return
+    finally:
+        hub.remove(conn)
+        scorer = app.extensions["scorer"]
+        for stream in conn.streams:  # a closed socket's cached prefixes are dead weight
+            scorer.forget_stream(stream)
+
+
+def handle_batch(game, hub, conn: Connection, frames, max_bytes: int):
+    """Replies for a batch of raw frames from one connection, in order; overtaken drafts are dropped."""
+    parsed = []
+    for raw in frames:
+        try:
+            parsed.append(parse_message(raw, max_bytes))
+        except ProtocolError as exc:
+            parsed.append(exc)
+    last_draft = max((i for i, m in enumerate(parsed) if isinstance(m, dict) and m["type"] == "draft"),
+                     default=-1)
+    for i, msg in enumerate(parsed):
+        if isinstance(msg, ProtocolError):
+            yield msg.reply()
+            continue
+        if msg["type"] == "draft" and i != last_draft:
+            yield {"type": "dropped", "seq": msg["seq"]}
+            continue
+        try:
+            yield dispatch(game, hub, conn, msg)
+        except ProtocolError as exc:
+            yield exc.reply()
+        except Exception:
+            log.exception("unexpected error handling %s", msg.get("type"))
+            yield error("internal", "something went wrong on our side; nothing was lost, try again",
+                        msg.get("seq"))
+
+
+def dispatch(game, hub, conn: Connection, msg: dict) -> dict:
+    kind = msg["type"]
+    if kind == "draft":
+        reply = game.draft(conn.player_id, msg)
+        conn.streams.add(f"{conn.player_id}:{reply['puzzle']}")  # the stream key Game.draft scored on
+        return reply
+    if kind == "submit":
+        return game.submit(conn.player_id, msg)
+    if kind == "hint":
+        return game.hint(conn.player_id, msg)
+    if kind == "hello":
+        puzzle = msg.get("puzzle") if isinstance(msg.get("puzzle"), str) else None
+        return game.state(conn.player_id, puzzle)
+    if kind == "subscribe":
+        ids = [game.puzzle(p)[0].id for p in msg["puzzles"]]
+        hub.subscribe(conn, ids)
+        for pid in ids:  # the current boards, so the page never waits for the next change
+            conn.send(game.board(pid, viewer=conn.player_id))
+        return {"type": "subscribed", "puzzles": ids}
+    return {"type": "pong"}
+
+
+def init_app(app) -> None:
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {"max_message_size": HARD_FRAME_LIMIT, "ping_interval": 25})
+    store = app.extensions["store"]
+    app.extensions["board_hub"] = BoardHub(app.extensions["redis"], store.board_channel("*"),
+                                           store.board_channel)
+    sock.init_app(app)
+    app.register_blueprint(bp)

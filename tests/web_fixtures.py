@@ -1,0 +1,147 @@
+"""Fixtures for the web tests: an app on the tiny CLIP and the session's real Redis, seeded
+targets, a real threaded server on 127.0.0.1, and websocket clients.
+
+Import with `from web_fixtures import *` (pytest puts tests/ on sys.path). The
+Redis, clock and tiny-CLIP fixtures come from tests/conftest.py.
+"""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from conftest import png_bytes
+
+__all__ = ["app", "client", "seeded", "live_server", "ws_connect", "WSClient", "TEST_CONFIG", "make_app",
+           "player_cookie"]
+
+TEST_CONFIG = {
+    "TESTING": True,
+    "ENV": "development",
+    "SECRET_KEY": "test-secret-key-not-for-production",
+    "CLIP_MODEL": "test-tiny",
+    "CLIP_PRETRAINED": "random",
+    "IMPORT_STARTER_PHOTOS": False,
+    "MAX_SUBMISSIONS": 3,
+    "DRAFT_RATE": 50.0,
+    "DRAFT_BURST": 200,
+    "SUBMIT_RATE": 50.0,
+    "SUBMIT_BURST": 50,
+}
+
+
+def make_app(tmp_path, redis_url, clock, **overrides):
+    from game import create_app
+    cfg = dict(TEST_CONFIG, INSTANCE_PATH=str(tmp_path / "instance"), REDIS_URL=redis_url, CLOCK=clock)
+    cfg.update(overrides)
+    return create_app(cfg)
+
+
+@pytest.fixture
+def app(tmp_path, redis_url, redis_client, clock):
+    """The app on test-tiny with the session's Redis (emptied for this test) and the settable clock."""
+    return make_app(tmp_path, redis_url, clock)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def seeded(app):
+    """Three targets in the pool (two photos, one GAN with its prompt and self-score) and today's puzzles."""
+    from PIL import Image
+    import io
+    store, scorer = app.extensions["store"], app.extensions["scorer"]
+    ids = []
+    for i, (kind, color) in enumerate((("photo", (200, 40, 40)), ("gan", (40, 160, 60)), ("photo", (30, 60, 200)))):
+        data = png_bytes(color, size=(48, 40))
+        emb = scorer.embed_image(Image.open(io.BytesIO(data)))
+        extra = {}
+        if kind == "gan":
+            prompt = "a raccoon driving a tractor"
+            extra = {"prompt": prompt, "self_score": scorer.score(prompt, emb), "seed": 7}
+        ids.append(store.add_target(kind, data, emb, title=f"target {i}", hint_word=f"word{i}", hint_score=0.2,
+                                    attribution="test image, CC0", **extra))
+    puzzles = store.puzzles_for(store.today())
+    assert len(puzzles) == 3
+    return puzzles
+
+
+def player_cookie(test_client) -> str:
+    """The session cookie's value as a 'name=value' header string (for websocket clients)."""
+    cookie = test_client.get_cookie("captionary")
+    return f"captionary={cookie.value}"
+
+
+@pytest.fixture
+def live_server(app):
+    """The app served for real on 127.0.0.1 (werkzeug's threaded server) in a background thread."""
+    from werkzeug.serving import make_server
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_port}"
+    yield server
+    server.shutdown()
+    thread.join(10)
+
+
+class WSClient:
+    """A websocket-client connection speaking the JSON protocol, with a cookie from a real page load."""
+
+    def __init__(self, base_url: str, cookie: str | None = None, origin: str | None = None):
+        import websocket
+        headers = []
+        if cookie:
+            headers.append(f"Cookie: {cookie}")
+        self.ws = websocket.create_connection(base_url.replace("http://", "ws://") + "/ws", timeout=10,
+                                              header=headers, origin=origin, suppress_origin=origin is None)
+
+    def send(self, message) -> None:
+        self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    def recv(self) -> dict:
+        return json.loads(self.ws.recv())
+
+    def recv_until(self, kind: str, limit: int = 50) -> dict:
+        """The next message of `kind` (skipping pushes such as board updates)."""
+        for _ in range(limit):
+            msg = self.recv()
+            if msg["type"] == kind:
+                return msg
+        raise AssertionError(f"no {kind} message in {limit} messages")
+
+    def ask(self, message, kind: str | None = None) -> dict:
+        self.send(message)
+        return self.recv_until(kind) if kind else self.recv()
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture
+def ws_connect(live_server):
+    """Open websocket clients as a browser would: GET / first for the session cookie, same Origin."""
+    import requests
+    opened = []
+
+    def connect(cookie: str | None = None, origin: str | None = "same"):
+        if cookie is None:
+            session = requests.Session()
+            session.get(live_server.url + "/")
+            cookie = f"captionary={session.cookies['captionary']}"
+        if origin == "same":
+            origin = live_server.url
+        conn = WSClient(live_server.url, cookie, origin)
+        opened.append(conn)
+        return conn, cookie
+
+    yield connect
+    for conn in opened:
+        try:
+            conn.close()
+        except Exception:
+            pass
