@@ -144,6 +144,11 @@ class TargetsMixin:
         tid = tid.decode()
         return tid if self.r.hget(f"cap:target:{tid}", "status") == b"active" else None
 
+    def target_by_sha(self, sha256: str) -> Optional[str]:
+        """Any target ever added with this image, removed ones included (imports must not revive them)."""
+        tid = self.r.hget("cap:targets:sha", sha256)
+        return tid.decode() if tid is not None else None
+
     def get_target(self, target_id: str) -> Optional[Target]:
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(f"cap:target:{target_id}")
