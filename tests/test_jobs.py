@@ -1,32 +1,14 @@
 """Tests for the generation job queue (game/jobs.py) on a real redis-server."""
-import os
-import shutil
-import subprocess
 import time
 
 import pytest
-import redis
-
 from game.jobs import STREAM, JobQueue, job_key
 
 
 @pytest.fixture
-def r(tmp_path):
-    """A private redis-server on a unix socket, flushed per test."""
-    sock = tmp_path / "redis.sock"
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--unixsocket", str(sock),
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(unix_socket_path=str(sock))
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except (redis.ConnectionError, FileNotFoundError):
-            time.sleep(0.02)
-    yield client
-    proc.terminate()
-    proc.wait(5)
+def r(redis_client):
+    """The session's real Redis (tests/conftest.py), emptied for this test."""
+    return redis_client
 
 
 def test_enqueue_then_claim_then_commit_acknowledges(r):

@@ -1,0 +1,462 @@
+"""What the admin commands and the worker do, as plain functions (no click, no request).
+
+`game/cli.py` is a thin layer of click commands over these; the worker and the
+admin page call them too, so each behaviour is written and tested once.
+Errors an admin can fix raise `AdminError` with a message that says what to do;
+the CLI prints it in red and exits 1.
+
+Settings this module adds (env `CAPTIONARY_X` -> config `X`; see `settings()`):
+  GAN_MIN_SCORE      self-score a worker-generated target must reach (0.30)
+  POOL_TARGET        ready GAN targets the worker keeps for the coming days (K, 6)
+  POOL_DAYS          how many coming days "the coming days" covers (3)
+  JOB_MAX_ATTEMPTS   deliveries before a job is parked as failed (3)
+  JOB_VISIBILITY_S   seconds before a silent worker's job is taken over (300)
+  GEN_SIZE, GEN_ITERATIONS, GEN_SEEDS, GEN_KEEP, GEN_CUTN   generation defaults
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+log = logging.getLogger("captionary.admin")
+
+TINY = "test-tiny"
+
+SETTING_DEFAULTS: dict[str, Any] = {
+    "GAN_MIN_SCORE": 0.30,
+    "POOL_TARGET": 6,
+    "POOL_DAYS": 3,
+    "JOB_MAX_ATTEMPTS": 3,
+    "JOB_VISIBILITY_S": 300.0,
+    "GEN_SIZE": 256,
+    "GEN_ITERATIONS": 300,
+    "GEN_SEEDS": 4,
+    "GEN_KEEP": 1,
+    "GEN_CUTN": 32,
+    "WORKER_IDLE_S": 5.0,
+}
+_SETTING_TYPES = {"GAN_MIN_SCORE": float, "JOB_VISIBILITY_S": float, "WORKER_IDLE_S": float}
+MAX_PROMPT_CHARS = 200  # the judge scores captions up to 200 characters
+MAX_SIZE = 2048
+MAX_ITERATIONS = 100_000
+MAX_SEEDS = 64
+
+
+class AdminError(RuntimeError):
+    """Something an admin can fix; the message says what and how."""
+
+
+def settings(config: dict) -> dict:
+    """This module's settings from an app config, typed and checked."""
+    out = {}
+    for key, default in SETTING_DEFAULTS.items():
+        raw = config.get(key, default)
+        kind = _SETTING_TYPES.get(key, int)
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise AdminError(f"CAPTIONARY_{key} must be a number, not {raw!r}") from None
+        if key != "GAN_MIN_SCORE" and value <= 0:
+            raise AdminError(f"CAPTIONARY_{key} must be positive, not {raw!r}")
+        out[key] = value
+    return out
+
+
+# -- models ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which CLIP and VQGAN a generation uses (names as the loaders take them)."""
+
+    clip_model: str
+    clip_pretrained: str
+    vqgan_model: str
+    device: str
+    models_dir: Optional[str]
+
+
+def model_choice(config: dict, clip_model: Optional[str] = None, clip_pretrained: Optional[str] = None,
+                 vqgan_model: Optional[str] = None) -> ModelChoice:
+    """Options win over the configuration (CAPTIONARY_CLIP_MODEL, ..._CLIP_PRETRAINED, ..._VQGAN_MODEL)."""
+    clip = clip_model or config.get("CLIP_MODEL") or "ViT-B-32"
+    if clip_pretrained is None:
+        # test-tiny has random weights only; asking for it must not drag in the configured tag.
+        clip_pretrained = "random" if (clip == TINY and clip_model) else (config.get("CLIP_PRETRAINED") or "openai")
+        if clip == TINY and clip_pretrained not in ("random", "") and not os.path.isfile(clip_pretrained):
+            clip_pretrained = "random"
+    device = config.get("DEVICE")
+    if not device:
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return ModelChoice(clip, str(clip_pretrained), vqgan_model or config.get("VQGAN_MODEL") or "vqgan_imagenet_f16_16384",
+                       str(device), config.get("MODELS_DIR"))
+
+
+def load_models(choice: ModelChoice, cache: Optional[dict] = None, judge_clip: Any = None):
+    """(clip, vqgan) for a choice, loaded once per process when `cache` is kept.
+
+    Reuses the judge's CLIP when it is the same model, so a process holds one copy.
+    Unknown names and missing weights become AdminError with the loaders' how-to.
+    """
+    from engine.clip_model import load_clip
+    from engine.vqgan import load_vqgan
+    from engine.weights import WeightsUnavailableError
+
+    cache = {} if cache is None else cache
+    clip_key = ("clip", choice.clip_model, choice.clip_pretrained, choice.device)
+    vq_key = ("vqgan", choice.vqgan_model, choice.device)
+    try:
+        if clip_key not in cache:
+            if judge_clip is not None and (judge_clip.name, judge_clip.pretrained) == (choice.clip_model, choice.clip_pretrained):
+                cache[clip_key] = judge_clip
+            else:
+                cache[clip_key] = load_clip(choice.clip_model, choice.clip_pretrained, device=choice.device,
+                                            models_dir=choice.models_dir)
+        if vq_key not in cache:
+            cache[vq_key] = load_vqgan(choice.vqgan_model, device=choice.device, models_dir=choice.models_dir)
+    except WeightsUnavailableError as exc:
+        raise AdminError(str(exc)) from exc
+    except (ValueError, KeyError) as exc:
+        raise AdminError(str(exc).strip("'\"")) from exc
+    return cache[clip_key], cache[vq_key]
+
+
+def models_table(directory: Optional[str] = None) -> list[dict]:
+    """One row per registered model: name, kind, size, present?, description."""
+    from engine import weights
+    rows = []
+    for name in sorted(weights.REGISTRY):
+        entry = weights.REGISTRY[name]
+        files = weights.status(name, directory)
+        known = [f.size for f in entry.files if f.size]
+        size_mb = round(sum(known) / 2**20) if len(known) == len(entry.files) else entry.approx_size_mb
+        rows.append({"name": name, "kind": entry.kind, "size_mb": size_mb,
+                     "present": all(p for _, _, p in files), "description": entry.description})
+    return rows
+
+
+def models_check(directory: Optional[str] = None) -> list[dict]:
+    """One row per file of every registered model: where it is expected and whether it is there."""
+    from engine import weights
+    rows = []
+    for name in sorted(weights.REGISTRY):
+        entry = weights.REGISTRY[name]
+        override = os.environ.get(entry.env_override) if entry.env_override else None
+        for index, (file, path, present) in enumerate(weights.status(name, directory)):
+            if index == 0 and override:
+                path, present = override, os.path.isfile(override)
+            rows.append({"name": name, "kind": entry.kind, "file": file.filename, "path": str(path),
+                         "present": present})
+    return rows
+
+
+def download_model(name: str, directory: Optional[str] = None,
+                   progress: Optional[Callable[[int, Optional[int]], None]] = None) -> list[str]:
+    """Download (or verify, if present) every file of a registered model."""
+    from engine import weights
+    if name not in weights.REGISTRY:
+        raise AdminError(f"unknown model {name!r}; known models: {', '.join(sorted(weights.REGISTRY))}")
+    target = weights.models_dir(directory)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if not os.access(target, os.W_OK):
+            raise PermissionError(f"{target} is not writable")
+    except OSError as exc:
+        raise AdminError(f"cannot write to the models folder {target}: {exc} "
+                         f"(set CAPTIONARY_MODELS_DIR to a writable folder)") from exc
+    try:
+        return [str(p) for p in weights.download(name, directory, progress)]
+    except (weights.WeightsUnavailableError, weights.WeightsVerificationError) as exc:
+        raise AdminError(str(exc)) from exc
+
+
+# -- generation -----------------------------------------------------------
+
+def validate_prompt(prompt: Any) -> str:
+    """A prompt an admin typed: non-empty printable text; the engine checks the `text:weight` syntax."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise AdminError("the prompt is empty; give the text to generate, e.g. \"a raccoon driving a tractor\"")
+    prompt = prompt.strip()
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise AdminError(f"the prompt is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS}")
+    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in prompt):
+        raise AdminError("the prompt contains control characters or invalid unicode")
+    return prompt
+
+
+def job_payload(prompt: str, *, size: int, iterations: int, seeds: int, keep: int = 1, seed: Optional[int] = None,
+                init_image: Optional[str] = None, cutn: Optional[int] = None, clip_model: Optional[str] = None,
+                clip_pretrained: Optional[str] = None, vqgan_model: Optional[str] = None,
+                min_score: Optional[float] = None, source: str = "admin") -> dict:
+    """A checked, JSON-ready description of one generation (what a job carries)."""
+    prompt = validate_prompt(prompt)
+    for name, value, top in (("size", size, MAX_SIZE), ("iterations", iterations, MAX_ITERATIONS),
+                             ("seeds", seeds, MAX_SEEDS), ("keep", keep, MAX_SEEDS)):
+        if not isinstance(value, int) or value < 1 or value > top:
+            raise AdminError(f"--{name} must be a whole number from 1 to {top}, not {value!r}")
+    if size % 16:
+        raise AdminError(f"--size must be a multiple of 16 (the VQGAN works in 16-pixel tokens), not {size}")
+    if keep > seeds:
+        raise AdminError(f"--keep ({keep}) cannot exceed --seeds ({seeds})")
+    if seed is None:
+        # Chosen now, not by the engine: a retried job then regenerates the same image.
+        seed = random.randrange(2**31)
+    elif not isinstance(seed, int) or seed < 0:
+        raise AdminError(f"--seed must be a whole number >= 0, not {seed!r}")
+    if init_image is not None:
+        init_image = os.path.abspath(init_image)
+        _check_image_file(init_image, "init image")
+    payload = {"prompt": prompt, "size": size, "iterations": iterations, "seeds": seeds, "keep": keep,
+               "seed": seed, "init_image": init_image, "cutn": cutn, "clip_model": clip_model,
+               "clip_pretrained": clip_pretrained, "vqgan_model": vqgan_model, "min_score": min_score,
+               "source": source}
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def _check_image_file(path: str, what: str) -> None:
+    from PIL import Image, UnidentifiedImageError
+    if not os.path.isfile(path):
+        raise AdminError(f"{what} {path}: no such file")
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise AdminError(f"{what} {path} is not a readable image: {exc}") from exc
+
+
+def generation_config(payload: dict, defaults: dict):
+    """The engine's GenerationConfig for a job payload."""
+    from engine.generate import GenerationConfig
+    fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    wanted = {"prompts": payload["prompt"], "size": payload["size"], "iterations": payload["iterations"],
+              "seed": payload.get("seed"), "seeds": payload["seeds"], "keep": payload.get("keep", 1),
+              "init_image": payload.get("init_image"), "cutn": payload.get("cutn") or defaults.get("GEN_CUTN")}
+    kwargs = {k: v for k, v in wanted.items() if k in fields and v is not None}
+    # A checkpoint step past the end would mean best-of-N never prunes: stop halfway in short runs.
+    if "checkpoint_step" in fields and payload["seeds"] > 1:
+        default_step = next(f.default for f in dataclasses.fields(GenerationConfig) if f.name == "checkpoint_step")
+        if isinstance(default_step, int) and default_step >= payload["iterations"]:
+            kwargs["checkpoint_step"] = max(1, payload["iterations"] // 2)
+    try:
+        return GenerationConfig(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise AdminError(f"invalid generation settings: {exc}") from exc
+
+
+@dataclass
+class Seeded:
+    """What `seed_target` produced."""
+
+    target_id: Optional[str]  # None when rejected below the threshold
+    self_score: float  # the judge's cosine between the prompt and the image
+    seed: int
+    history: list
+    settings: dict
+    elapsed_s: float
+
+
+def judge_score(scorer: Any, prompt: str, embedding) -> float:
+    """Cosine of the full prompt to an image embedding, by the game's judge."""
+    import numpy as np
+    text = scorer.embed_texts([prompt])[0] if hasattr(scorer, "embed_texts") else scorer.embed_text(prompt)
+    return float(np.dot(np.asarray(text, dtype=np.float32).ravel(), np.asarray(embedding, dtype=np.float32).ravel()))
+
+
+def generate_target(store: Any, scorer: Any, clip: Any, vqgan: Any, payload: dict, defaults: dict, *,
+                    on_step: Optional[Callable] = None, min_score: Optional[float] = None,
+                    job_id: Optional[str] = None, commit: Optional[Callable] = None) -> Seeded:
+    """Generate one image for `payload` and add it to the pool as a GAN target.
+
+    The embedding stored is the judge's (store.model_id); the self-score is the
+    judge's cosine to the prompt, so players compete against the model they are
+    scored by. Below `min_score` nothing is written. The target is written in
+    one `add_target` call at the very end, so an interruption leaves nothing.
+    `commit(write)` lets the worker wrap that write in the queue's idempotent commit.
+    """
+    from engine.generate import generate
+    config = generation_config(payload, defaults)
+    started = time.monotonic()
+    try:
+        result = generate(config, clip, vqgan, on_step=on_step)
+    except (ValueError, TypeError) as exc:
+        raise AdminError(f"generation refused the settings: {exc}") from exc
+    elapsed = time.monotonic() - started
+    image = result.image.convert("RGB")
+    embedding = scorer.embed_image(image)
+    score = result.self_score if clip.model_id == scorer.model_id else judge_score(scorer, payload["prompt"], embedding)
+    settings_ = {k: payload[k] for k in ("size", "iterations", "seeds", "keep", "cutn") if payload.get(k) is not None}
+    settings_.update({"clip_model": clip.model_id, "vqgan_model": vqgan.model_id,
+                      "pretrained": bool(clip.is_pretrained and getattr(vqgan, "is_pretrained", False)),
+                      "generation_self_score": round(float(result.self_score), 6), "elapsed_s": round(elapsed, 2),
+                      "source": payload.get("source", "admin")})
+    if payload.get("init_image"):
+        settings_["init_image"] = os.path.basename(payload["init_image"])
+    if job_id:
+        settings_["job_id"] = job_id
+    history = [[int(i), float(s)] for i, s in (result.history or [])]
+    seeded = Seeded(None, float(score), int(result.seed), history, settings_, elapsed)
+    if min_score is not None and score < min_score:
+        return seeded
+
+    def write() -> str:
+        try:
+            return store.add_target("gan", result.png_bytes, embedding, prompt=payload["prompt"],
+                                    self_score=float(score), seed=int(result.seed), settings=settings_,
+                                    history=history)
+        except ValueError as exc:  # e.g. the very same image (same prompt, seed, settings) is already a target
+            raise AdminError(f"not added: {exc}") from exc
+
+    seeded.target_id = commit(write) if commit else write()
+    return seeded
+
+
+def find_job_target(store: Any, job_id: str, scorer: Any = None) -> Optional[str]:
+    """The GAN target an earlier attempt of `job_id` already committed, if any.
+
+    `add_target` writes the target and then its embedding; a worker killed
+    between the two leaves a complete image with no embedding ("pending", not
+    in the pool). That one is finished here from its stored image rather than
+    generated again.
+    """
+    for target in store.list_targets(kind="gan"):
+        if (target.settings or {}).get("job_id") != job_id or target.status == "removed":
+            continue
+        if target.status == "pending" and scorer is not None:
+            import io
+            from PIL import Image
+            with Image.open(io.BytesIO(store.target_image(target.id))) as img:
+                embedding = scorer.embed_image(img.convert("RGB"))
+            store.set_embedding(target.id, embedding, self_score=judge_score(scorer, target.prompt, embedding))
+        return target.id
+    return None
+
+
+def step_fields(info: Any) -> dict:
+    """iteration (1-based, done so far)/total/score/it_s from the engine's StepInfo (or a dict)."""
+    get = info.get if isinstance(info, dict) else (lambda k, d=None: getattr(info, k, d))
+    score = get("score")
+    return {"iteration": int(get("iteration", 0) or 0) + 1, "total": int(get("total", 0) or 0),
+            "score": None if score is None else float(score), "it_s": float(get("it_s", 0.0) or 0.0)}
+
+
+# -- targets and puzzles --------------------------------------------------
+
+def parse_date(text: str) -> str:
+    """A YYYY-MM-DD day as the store keys it."""
+    try:
+        return dt.date.fromisoformat(str(text)).isoformat()
+    except (TypeError, ValueError):
+        raise AdminError(f"{text!r} is not a date; use YYYY-MM-DD (UTC)") from None
+
+
+def store_today(store: Any) -> str:
+    """Today's puzzle day by the store's clock (UTC)."""
+    return store.today()
+
+
+def get_target_or_fail(store: Any, target_id: str):
+    target = store.get_target(target_id)
+    if target is None:
+        raise AdminError(f"no target with id {target_id!r} (see `flask --app game targets list`)")
+    return target
+
+
+def describe_target(store: Any, target_id: str) -> list[tuple[str, str]]:
+    """(label, value) rows for `targets show`."""
+    t = get_target_or_fail(store, target_id)
+    rows = [("id", t.id), ("kind", t.kind), ("status", f"{t.status} (for {store.model_id})"),
+            ("created", dt.datetime.fromtimestamp(t.created, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))]
+    if t.kind == "gan":
+        rows += [("prompt", t.prompt or "-"), ("self-score", fmt_score(t.self_score)), ("seed", str(t.seed))]
+    for label, value in (("title", t.title), ("attribution", t.attribution),
+                         ("reference caption", t.reference_caption)):
+        if value:
+            rows.append((label, value))
+    if t.hint_word:
+        rows.append(("hint", f"{t.hint_word} ({fmt_score(t.hint_score)})"))
+    for key, value in sorted((t.settings or {}).items()):
+        rows.append((f"  {key}", str(value)))
+    if t.history:
+        points = ", ".join(f"{i}:{s:.3f}" for i, s in t.history[:12])
+        rows.append(("score history", points + (" ..." if len(t.history) > 12 else "")))
+    used = [d for d in store.days() if any(p.target_id == t.id for p in store.puzzles_for(d))]
+    rows.append(("puzzle days", ", ".join(used) or "none yet"))
+    rows.append(("image", f"{len(store.target_image(t.id))} bytes PNG, sha256 {t.sha256[:16]}"))
+    return rows
+
+
+def remove_target(store: Any, target_id: str) -> list[str]:
+    """Take a target out of the pool; returns future days that will be chosen again."""
+    get_target_or_fail(store, target_id)
+    return store.remove_target(target_id)
+
+
+def schedule(store: Any, date_text: str, target_ids: Iterable[str]) -> list:
+    """Schedule targets as a day's puzzles; refuses past dates and unknown or unready targets."""
+    day = parse_date(date_text)
+    if day < store.today():
+        raise AdminError(f"{day} is in the past (today is {store.today()} UTC); past days never change")
+    ids = list(target_ids)
+    for target_id in ids:
+        target = get_target_or_fail(store, target_id)
+        if target.status != "ready":
+            raise AdminError(f"target {target_id} is {target.status}, not ready for {store.model_id}")
+    try:
+        return store.schedule(day, ids)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from exc
+
+
+def puzzle_rows(store: Any, day: str) -> list[list]:
+    """Rows for `puzzles show`: puzzle id, target, kind, self-score, prompt or title, state."""
+    rows = []
+    for puzzle in store.puzzles_for(day):
+        t = store.get_target(puzzle.target_id)
+        label = (t.prompt if t and t.kind == "gan" else None) or puzzle.title or (t.title if t else None) or ""
+        rows.append([puzzle.id, puzzle.target_id, puzzle.kind, fmt_score(t.self_score if t else None),
+                     label, "frozen" if puzzle.frozen else "preview"])
+    return rows
+
+
+def used_target_ids(store: Any, through: str) -> set[str]:
+    """Targets shown on any frozen day up to and including `through`."""
+    used = set()
+    for day in store.days():
+        if day <= through:
+            used.update(p.target_id for p in store.puzzles_for(day))
+    return used
+
+
+def pool_shortfall(store: Any, cfg: dict, in_flight: int = 0) -> int:
+    """How many more GAN targets the coming days need: K minus fresh ready ones minus those in flight.
+
+    Fresh = ready and not yet shown on a past day or today (a target scheduled
+    for a future day still counts: it is there for the coming days).
+    """
+    used = used_target_ids(store, store.today())
+    fresh = [t for t in store.list_targets(kind="gan", status="ready") if t.id not in used]
+    return max(0, int(cfg["POOL_TARGET"]) - len(fresh) - in_flight)
+
+
+def check_model_names(choice: ModelChoice) -> None:
+    """Refuse unknown model names before a job is queued (the weights may live on the workers)."""
+    import open_clip
+    from engine import clip_model, vqgan, weights
+    clip_model._register_configs()
+    if choice.clip_model not in open_clip.list_models():
+        raise AdminError(f"unknown CLIP model {choice.clip_model!r}; e.g. test-tiny, ViT-B-32")
+    if not (choice.vqgan_model in vqgan.SHIPPED_CONFIGS or os.path.isdir(choice.vqgan_model)
+            or getattr(weights.REGISTRY.get(choice.vqgan_model), "kind", None) == "vqgan"):
+        known = ", ".join(sorted(vqgan.SHIPPED_CONFIGS))
+        raise AdminError(f"unknown VQGAN model {choice.vqgan_model!r}; known: {known}")
+
+
+def fmt_score(value: Optional[float]) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"

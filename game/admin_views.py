@@ -1,0 +1,190 @@
+"""The read-only admin page: the pool as a gallery, score-vs-iteration plots, the job list.
+
+Behind CAPTIONARY_ADMIN_TOKEN (unset: the page is off and answers 404). The
+token comes in an `X-Admin-Token` or `Authorization: Bearer` header (scripts),
+or through the login form, which keeps an HMAC of it in the signed session
+cookie rather than the token itself. Comparisons are constant-time
+(`hmac.compare_digest`). Nothing here writes game state: admins change things
+with the CLI (`flask --app game targets ...`).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Optional
+
+from flask import (Blueprint, Response, abort, current_app, redirect, render_template, request, session,
+                   url_for)
+from markupsafe import Markup
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+SESSION_KEY = "admin_auth"
+PAGE_SIZE = 60
+
+
+def _token() -> Optional[str]:
+    token = current_app.config.get("ADMIN_TOKEN")
+    return str(token) if token else None
+
+
+def _session_mac(token: str) -> str:
+    # Bound to the app's secret: a leaked cookie does not reveal the token itself.
+    return hmac.new(str(current_app.secret_key).encode(), b"admin:" + token.encode(), hashlib.sha256).hexdigest()
+
+
+def _presented() -> Optional[str]:
+    header = request.headers.get("X-Admin-Token")
+    if header:
+        return header
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[len("Bearer "):]
+    return None
+
+
+def is_admin() -> bool:
+    token = _token()
+    if token is None:
+        return False
+    presented = _presented()
+    if presented is not None:
+        return hmac.compare_digest(presented.encode(), token.encode())
+    mac = session.get(SESSION_KEY)
+    return isinstance(mac, str) and hmac.compare_digest(mac.encode(), _session_mac(token).encode())
+
+
+@bp.before_request
+def _guard():
+    if _token() is None:
+        abort(404)  # the page does not exist until an admin token is configured
+    if request.endpoint in ("admin.login", "admin.static") or is_admin():
+        return None
+    if _presented() is not None or request.accept_mimetypes.best == "application/json":
+        abort(403)
+    return redirect(url_for("admin.login", next=request.full_path if request.query_string else request.path))
+
+
+@bp.after_request
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    error = None
+    if request.method == "POST":
+        token = _token()
+        given = request.form.get("token", "")
+        if token and hmac.compare_digest(given.encode(), token.encode()):
+            session[SESSION_KEY] = _session_mac(token)
+            target = request.args.get("next") or ""
+            # Only local paths: never an open redirect.
+            return redirect(target if target.startswith("/admin") and "//" not in target else url_for("admin.gallery"))
+        error = "That token is not right."
+    return render_template("admin/login.html", error=error), (401 if error else 200)
+
+
+@bp.post("/logout")
+def logout():
+    session.pop(SESSION_KEY, None)
+    return redirect(url_for("admin.login"))
+
+
+def history_svg(history, width: int = 240, height: int = 90, threshold: Optional[float] = None) -> Markup:
+    """A small inline SVG line plot of (iteration, score) points; numbers only, so safe to inline."""
+    points = [(float(i), float(s)) for i, s in (history or [])]
+    if not points:
+        return Markup('<span class="muted">no score history</span>')
+    pad = 22
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    lo, hi = min(ys + ([threshold] if threshold is not None else [])), max(ys + ([threshold] if threshold is not None else []))
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.01, hi + 0.01
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+    def sx(x):
+        return pad + (x - x0) / (x1 - x0) * (width - pad - 4)
+
+    def sy(y):
+        return 4 + (hi - y) / (hi - lo) * (height - pad - 4)
+
+    line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+    parts = [f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+             f'aria-label="self-score by iteration, from {ys[0]:.3f} to {ys[-1]:.3f}">',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - 4}" y2="{height - pad}" class="axis"/>',
+             f'<line x1="{pad}" y1="4" x2="{pad}" y2="{height - pad}" class="axis"/>']
+    if threshold is not None:
+        parts.append(f'<line x1="{pad}" y1="{sy(threshold):.1f}" x2="{width - 4}" y2="{sy(threshold):.1f}" '
+                     f'class="threshold"><title>threshold {threshold:.3f}</title></line>')
+    parts.append(f'<polyline points="{line}" class="line"/>')
+    for x, y in points:
+        parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2"><title>it {int(x)}: {y:.4f}</title></circle>')
+    parts += [f'<text x="2" y="10" class="tick">{hi:.2f}</text>',
+              f'<text x="2" y="{height - pad}" class="tick">{lo:.2f}</text>',
+              f'<text x="{pad}" y="{height - 6}" class="tick">{int(x0)}</text>',
+              f'<text x="{width - 4}" y="{height - 6}" class="tick" text-anchor="end">{int(x1)} it</text>',
+              "</svg>"]
+    return Markup("".join(parts))
+
+
+def _cfg() -> dict:
+    from game import admin
+    try:
+        return admin.settings(current_app.config)
+    except admin.AdminError:
+        return dict(admin.SETTING_DEFAULTS)
+
+
+@bp.get("/")
+def gallery():
+    store = current_app.extensions["store"]
+    kind = request.args.get("kind") or None
+    status = request.args.get("status") or None
+    if kind not in (None, "gan", "photo") or status not in (None, "ready", "pending", "removed"):
+        abort(400)
+    targets = store.list_targets(kind=kind, status=status)
+    cfg = _cfg()
+    return render_template("admin/gallery.html", targets=targets[:PAGE_SIZE], total=len(targets), kind=kind,
+                           status=status, model_id=store.model_id, threshold=cfg["GAN_MIN_SCORE"],
+                           plot=history_svg, demo=current_app.config.get("DEMO_MODE"))
+
+
+@bp.get("/target/<target_id>")
+def target(target_id: str):
+    store = current_app.extensions["store"]
+    t = store.get_target(target_id)
+    if t is None:
+        abort(404)
+    days = [d for d in store.days() if any(p.target_id == t.id for p in store.puzzles_for(d))]
+    return render_template("admin/target.html", t=t, days=days, model_id=store.model_id,
+                           plot=history_svg, threshold=_cfg()["GAN_MIN_SCORE"])
+
+
+@bp.get("/image/<target_id>.png")
+def image(target_id: str):
+    try:
+        data = current_app.extensions["store"].target_image(target_id)
+    except KeyError:
+        abort(404)
+    return Response(data, mimetype="image/png")
+
+
+@bp.get("/jobs")
+def jobs():
+    from game.jobs import JobQueue
+    from game.worker import live_workers
+    client = current_app.extensions["redis"]
+    queue = JobQueue(client)
+    status = request.args.get("status") or None
+    if status not in (None, "queued", "running", "done", "failed"):
+        abort(400)
+    return render_template("admin/jobs.html", jobs=queue.list_jobs(status=status, limit=200),
+                           counts=queue.counts(), workers=live_workers(client), status=status, now=time.time())
+
+
+def init_app(app) -> None:
+    if "admin" not in app.blueprints:
+        app.register_blueprint(bp)

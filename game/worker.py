@@ -1,0 +1,279 @@
+"""The background generator worker: `python -m game.worker` (the Procfile's `worker:`).
+
+A long-lived process that loads its CLIP and VQGAN once and keeps them (no
+fork per job: CUDA state does not survive a fork, and loading costs seconds),
+then loops:
+  1. claim a job from the queue (game/jobs.py) -- first any job a dead worker
+     left behind past the visibility timeout, else a new one -- generate it,
+     commit the target idempotently, acknowledge;
+  2. when there is no job, top the pool up: if fewer than POOL_TARGET fresh GAN
+     targets are ready for the coming days, enqueue one generation from a prompt
+     picked from assets/prompts.txt or the template combinator, with the
+     GAN_MIN_SCORE threshold; a below-threshold image is logged and dropped.
+Top-ups go through the queue too, so they get the same retry-after-kill
+guarantees and several workers never generate the same thing twice.
+
+Each worker keeps a heartbeat hash `captionary:workers:{name}` (expires after
+HEARTBEAT_TTL_S) with its state and current job; `live_workers()` reads them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from game import admin
+from game.jobs import JobQueue, default_consumer_name
+
+log = logging.getLogger("captionary.worker")
+
+PROMPTS_FILE = Path(__file__).resolve().parent.parent / "assets" / "prompts.txt"
+WORKERS_SET = "captionary:workers"
+HEARTBEAT_TTL_S = 60
+TOUCH_EVERY_S = 1.0  # heartbeat + queue touch at most this often during a job
+TOPUP_LOCK = "captionary:jobs:topup-lock"
+
+# The template combinator: subject x situation, in paint.wtf's spirit (concrete and a bit absurd).
+SUBJECTS = ("a raccoon", "an elephant", "a penguin", "a giraffe", "a cat", "a fox", "a robot", "an owl",
+            "a goat", "a snail", "a walrus", "a hedgehog", "a crocodile", "a panda", "a flamingo", "a moose")
+SITUATIONS = ("driving a tractor", "on top of a house", "playing the violin", "in a bathtub",
+              "riding a unicycle", "reading a newspaper", "wearing a top hat", "eating a pizza",
+              "in a hot air balloon", "on the moon", "at the bottom of the sea", "painting a portrait",
+              "in a snowstorm", "lifting weights", "in a teacup", "on a skateboard")
+
+
+class LostJob(RuntimeError):
+    """Another worker took this job over (we were too slow to report); stop working on it."""
+
+
+def load_prompts(path: Path | str = PROMPTS_FILE) -> list[str]:
+    """The curated prompts: one per line, '#' comments and blanks ignored, each checked."""
+    prompts = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if any(c in line for c in "|^:"):
+                raise ValueError(f"{path}:{number}: prompt syntax characters (| ^ :) in a curated prompt")
+            prompts.append(admin.validate_prompt(line))
+    return prompts
+
+
+def combined_prompts() -> list[str]:
+    return [f"{subject} {situation}" for subject in SUBJECTS for situation in SITUATIONS]
+
+
+def pick_prompt(rng: random.Random, curated: list[str], avoid: set[str], curated_share: float = 0.5) -> str:
+    """A prompt not in `avoid`: curated ones about half the time, else a template combination."""
+    pools = [curated, combined_prompts()] if rng.random() < curated_share else [combined_prompts(), curated]
+    for pool in pools:
+        fresh = [p for p in pool if p not in avoid]
+        if fresh:
+            return rng.choice(fresh)
+    return rng.choice(curated or combined_prompts())  # everything used: repeats are fine, seeds differ
+
+
+def live_workers(client) -> list[dict]:
+    """Heartbeats of the workers alive now (expired ones are dropped from the set)."""
+    out = []
+    for raw in sorted(client.smembers(WORKERS_SET)):
+        name = raw.decode() if isinstance(raw, bytes) else raw
+        data = client.hgetall(f"{WORKERS_SET}:{name}")
+        if not data:
+            client.srem(WORKERS_SET, name)
+            continue
+        out.append({(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                    for k, v in data.items()})
+    return out
+
+
+class Worker:
+    """One worker process: models loaded once, a queue consumer, a pool keeper."""
+
+    def __init__(self, *, redis, store, scorer, config: dict, name: Optional[str] = None,
+                 prompts_path: Path | str = PROMPTS_FILE, generate_fn: Callable = admin.generate_target,
+                 rng: Optional[random.Random] = None, top_up: bool = True):
+        self.r = redis
+        self.store = store
+        self.scorer = scorer
+        self.config = config
+        self.cfg = admin.settings(config)
+        self.name = name or default_consumer_name()
+        self.queue = JobQueue(redis, max_attempts=self.cfg["JOB_MAX_ATTEMPTS"],
+                              visibility_s=self.cfg["JOB_VISIBILITY_S"])
+        self.prompts = load_prompts(prompts_path)
+        self.generate_fn = generate_fn
+        self.rng = rng or random.Random()
+        self.top_up_enabled = top_up
+        self.models: dict = {}  # loaded once, kept for the life of the process
+        self.stop = threading.Event()
+        self.started = time.time()
+        self.processed = 0
+
+    @classmethod
+    def from_app(cls, app, **kwargs) -> "Worker":
+        ext = app.extensions
+        return cls(redis=ext["redis"], store=ext["store"], scorer=ext["scorer"], config=app.config, **kwargs)
+
+    # -- heartbeat --------------------------------------------------------
+    def heartbeat(self, state: str, job=None, progress: str = "") -> None:
+        key = f"{WORKERS_SET}:{self.name}"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(WORKERS_SET, self.name)
+        pipe.hset(key, mapping={"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+                                "state": state, "job": job.id if job else "", "progress": progress,
+                                "processed": self.processed, "started": self.started, "updated": time.time(),
+                                "model_id": self.store.model_id})
+        pipe.expire(key, HEARTBEAT_TTL_S)
+        pipe.execute()
+
+    def _forget_heartbeat(self) -> None:
+        self.r.delete(f"{WORKERS_SET}:{self.name}")
+        self.r.srem(WORKERS_SET, self.name)
+
+    # -- jobs -------------------------------------------------------------
+    def process_one(self, block_ms: int = 0) -> bool:
+        """Claim and run one job; False when the queue had none."""
+        job = self.queue.claim(self.name, block_ms=block_ms)
+        if job is None:
+            return False
+        self.run_job(job)
+        return True
+
+    def run_job(self, job) -> None:
+        payload = job.payload
+        log.info("job %s (attempt %d/%d): %r", job.id, job.attempts, self.queue.max_attempts, payload.get("prompt"))
+        self.heartbeat("working", job, "loading")
+        existing = admin.find_job_target(self.store, job.id, self.scorer)
+        if existing:  # an earlier attempt committed before dying: just acknowledge
+            self.queue.commit(job, lambda: existing, lambda: existing)
+            log.info("job %s: already committed as target %s by an earlier attempt", job.id, existing)
+            return
+        last = {"t": 0.0}
+
+        def on_step(info) -> None:
+            now = time.monotonic()
+            if now - last["t"] < TOUCH_EVERY_S:
+                return
+            last["t"] = now
+            fields = admin.step_fields(info)
+            progress = f"{fields['iteration']}/{fields['total'] or payload.get('iterations')}"
+            if not self.queue.touch(job, self.name):
+                raise LostJob(f"job {job.id} was taken over by {self.queue.owner(job)}")
+            self.r.hset(f"captionary:jobs:job:{job.id}", "progress", progress)
+            self.heartbeat("working", job, progress)
+
+        try:
+            choice = admin.model_choice(self.config, payload.get("clip_model"), payload.get("clip_pretrained"),
+                                        payload.get("vqgan_model"))
+            clip, vqgan = admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
+            min_score = payload.get("min_score")
+            seeded = self.generate_fn(
+                self.store, self.scorer, clip, vqgan, payload, self.cfg, on_step=on_step, min_score=min_score,
+                job_id=job.id,
+                commit=lambda write: self.queue.commit(job, lambda: admin.find_job_target(self.store, job.id,
+                                                                                          self.scorer), write))
+        except LostJob as exc:
+            log.warning("%s; leaving it to that worker", exc)
+            return
+        except Exception as exc:  # any failure is recorded on the job; the worker lives on
+            error = f"{type(exc).__name__}: {exc}"
+            status = self.queue.fail(job, error)
+            log.error("job %s attempt %d failed (%s): %s", job.id, job.attempts, status, error)
+            return
+        finally:
+            self.processed += 1
+            self.heartbeat("idle")
+        if seeded.target_id is None and min_score is not None and seeded.self_score < min_score:
+            note = (f"rejected: self-score {seeded.self_score:.4f} below the threshold {min_score:.4f} "
+                    f"(prompt {payload['prompt']!r}, seed {seeded.seed})")
+            log.info("job %s %s", job.id, note)
+            self.queue.complete_without_target(job, note)
+        elif seeded.target_id is None:
+            log.warning("job %s: another worker is committing it; leaving it", job.id)
+        else:
+            log.info("job %s: added target %s, self-score %.4f, seed %d", job.id, seeded.target_id,
+                     seeded.self_score, seeded.seed)
+
+    # -- pool top-up ------------------------------------------------------
+    def in_flight_topups(self) -> list:
+        return [j for j in self.queue.list_jobs(limit=500)
+                if j.status in ("queued", "running") and j.payload.get("source") == "topup"]
+
+    def top_up(self) -> Optional[str]:
+        """Enqueue one top-up generation if the pool is short; returns the job id or None."""
+        # The lock makes "count then enqueue" atomic across workers, so two idle
+        # workers do not both fill the same gap.
+        if not self.r.set(TOPUP_LOCK, self.name, nx=True, px=5000):
+            return None
+        try:
+            in_flight = self.in_flight_topups()
+            short = admin.pool_shortfall(self.store, self.cfg, in_flight=len(in_flight))
+            if short <= 0:
+                return None
+            avoid = {t.prompt for t in self.store.list_targets(kind="gan") if t.prompt}
+            avoid |= {j.payload.get("prompt") for j in in_flight}
+            prompt = pick_prompt(self.rng, self.prompts, avoid)
+            payload = admin.job_payload(prompt, size=self.cfg["GEN_SIZE"], iterations=self.cfg["GEN_ITERATIONS"],
+                                        seeds=self.cfg["GEN_SEEDS"], keep=self.cfg["GEN_KEEP"],
+                                        seed=self.rng.randrange(2**31), min_score=self.cfg["GAN_MIN_SCORE"],
+                                        source="topup")
+            job_id = self.queue.enqueue(payload)
+            log.info("pool short by %d fresh GAN target(s): queued %s for %r", short, job_id, prompt)
+            return job_id
+        finally:
+            self.r.delete(TOPUP_LOCK)
+
+    # -- main loop --------------------------------------------------------
+    def run(self, once: bool = False, idle_s: Optional[float] = None) -> None:
+        """Loop until stopped (SIGTERM/SIGINT); `once`: drain the queue and top up, then return."""
+        idle_s = self.cfg["WORKER_IDLE_S"] if idle_s is None else idle_s
+        log.info("worker %s started: judge %s, pool target %d fresh GAN targets, threshold %.3f",
+                 self.name, self.store.model_id, self.cfg["POOL_TARGET"], self.cfg["GAN_MIN_SCORE"])
+        self.heartbeat("idle")
+        try:
+            while not self.stop.is_set():
+                if self.process_one():
+                    continue
+                if self.top_up_enabled and self.top_up():
+                    continue
+                if once:
+                    return
+                self.heartbeat("idle")
+                # Block on the stream rather than sleeping: a new job starts at once.
+                if self.process_one(block_ms=int(idle_s * 1000)):
+                    continue
+        finally:
+            self._forget_heartbeat()
+            log.info("worker %s stopped after %d job(s)", self.name, self.processed)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m game.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", help="consumer name (default host:pid:random)")
+    parser.add_argument("--once", action="store_true", help="drain the queue, top up once, then exit")
+    parser.add_argument("--no-top-up", action="store_true", help="only consume queued jobs")
+    args = parser.parse_args(argv)
+    from game import create_app
+    app = create_app()
+    with app.app_context():
+        worker = Worker.from_app(app, name=args.name, top_up=not args.no_top_up)
+        # SIGTERM (Procfile managers, systemd) stops after the current step; the job is retried elsewhere.
+        signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+        try:
+            worker.run(once=args.once)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
