@@ -261,8 +261,10 @@ class TargetsMixin:
         pipe.execute()
 
     def puzzles_for(self, date) -> list[Puzzle]:
-        """The day's puzzles. Frozen on first computation (SET NX: every process gets the same set)
-        once the pool fills a day; a future day, or a pool too small, gives an unfrozen preview."""
+        """The day's puzzles. Today's set is frozen on first computation (SET NX: every process
+        gets the same set) once the pool fills a day. Other days that were never frozen (the
+        future, or a past day nobody opened), and a pool too small, give an unfrozen preview:
+        requests for arbitrary dates never write anything."""
         date = pz.parse_date(date)
         snaps = self._frozen(date)
         if snaps is not None:
@@ -270,15 +272,15 @@ class TargetsMixin:
         ids = self._choose(date)
         if not ids:
             return []
-        if self.day_state(date) == "future" or len(ids) < self.puzzles_per_day:
+        if self.day_state(date) != "today" or len(ids) < self.puzzles_per_day:
             return self._puzzles(date, [self._snapshot_of(t) for t in ids], False)
         self._freeze(date, [self._snapshot_of(t) for t in ids], overwrite=False, scheduled=False)
         return self._puzzles(date, self._frozen(date), True)
 
     def freeze_day(self, date) -> list[Puzzle]:
-        """Freeze the day's set now, even from a small pool (a submission needs fixed puzzles)."""
+        """Freeze today's set now, even from a small pool (a submission needs fixed puzzles)."""
         date = pz.parse_date(date)
-        if self._frozen(date) is None:
+        if self._frozen(date) is None and self.day_state(date) == "today":
             ids = self._choose(date)
             if ids:
                 self._freeze(date, [self._snapshot_of(t) for t in ids], overwrite=False, scheduled=False)
