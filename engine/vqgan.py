@@ -241,7 +241,7 @@ def load_checkpoint(path: os.PathLike | str) -> dict:
                 return torch.load(path, map_location="cpu", weights_only=True)
     except VQGANCheckpointError:
         raise
-    except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError, OSError) as exc:
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError, OSError) as exc:
         raise VQGANCheckpointError(
             f"{path} is truncated or not a PyTorch checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
             f"download it again") from None

@@ -76,6 +76,48 @@ register(WeightsEntry(
 ))
 
 
+# VQGANs from taming-transformers, as the 2021 notebooks fetched them: the authors'
+# heibox links first, then the community mirrors those notebooks used. Each entry is a
+# model.yaml + Lightning last.ckpt pair; sizes and sha256 are not pinned because we have
+# not been able to verify them here (the files are ~1 GB and cannot be fetched offline).
+def _heibox(share: str, path: str) -> str:
+    return f"https://heibox.uni-heidelberg.de/d/{share}/files/?p={path}&dl=1"
+
+
+def _vqgan_entry(name: str, description: str, yaml_urls: tuple, ckpt_urls: tuple) -> WeightsEntry:
+    return WeightsEntry(
+        name=name, kind="vqgan", description=description,
+        files=(WeightsFile(filename="model.yaml", urls=yaml_urls),
+               WeightsFile(filename="last.ckpt", urls=ckpt_urls)),
+        extra={"format": "taming-model.yaml+lightning-ckpt"},
+    )
+
+
+register(_vqgan_entry(
+    "vqgan_imagenet_f16_16384", "VQGAN ImageNet f16, 16384 codes (the 2021 notebook's default)",
+    (_heibox("a7530b09fed84f80a887", "%2Fconfigs%2Fmodel.yaml"),
+     "http://mirror.io.community/blob/vqgan/vqgan_imagenet_f16_16384.yaml",
+     "https://github.com/mehdidc/feed_forward_vqgan_clip/releases/download/0.1/vqgan_imagenet_f16_16384.yaml"),
+    (_heibox("a7530b09fed84f80a887", "%2Fckpts%2Flast.ckpt"),
+     "http://mirror.io.community/blob/vqgan/vqgan_imagenet_f16_16384.ckpt",
+     "https://github.com/mehdidc/feed_forward_vqgan_clip/releases/download/0.1/vqgan_imagenet_f16_16384.ckpt"),
+))
+register(_vqgan_entry(
+    "vqgan_imagenet_f16_1024", "VQGAN ImageNet f16, 1024 codes",
+    (_heibox("8088892a516d4e3baf92", "%2Fconfigs%2Fmodel.yaml"),
+     "http://mirror.io.community/blob/vqgan/vqgan_imagenet_f16_1024.yaml"),
+    (_heibox("8088892a516d4e3baf92", "%2Fckpts%2Flast.ckpt"),
+     "http://mirror.io.community/blob/vqgan/vqgan_imagenet_f16_1024.ckpt"),
+))
+register(_vqgan_entry(
+    "wikiart_16384", "VQGAN WikiArt f16, 16384 codes (the write-up's painterly model)",
+    ("http://eaidata.bmk.sh/data/Wikiart_16384/wikiart_f16_16384_8145600.yaml",
+     "http://mirror.io.community/blob/vqgan/wikiart_16384.yaml"),
+    ("http://eaidata.bmk.sh/data/Wikiart_16384/wikiart_f16_16384_8145600.ckpt",
+     "http://mirror.io.community/blob/vqgan/wikiart_16384.ckpt"),
+))
+
+
 def models_dir(explicit: Optional[os.PathLike | str] = None) -> Path:
     """The cache directory for weights: explicit > $CAPTIONARY_MODELS_DIR > ~/.cache/captionary/models."""
     if explicit:
