@@ -131,9 +131,15 @@ class TextEncoder:
         self.width = int(model.positional_embedding.shape[1])
         self.head_dim = self.width // self.heads
         self.pool_eos = model.text_eos_id if model.text_pool_type == "eos" else None
+        self._linear, self.linear_backend = choose_linear(self.device)
+        act = self.blocks[0].mlp.gelu
+        # Fuse exact (erf) GELU into the first MLP matmul when oneDNN does the matmuls.
+        self._fuse_gelu = (self.linear_backend == "onednn" and type(act) is torch.nn.GELU
+                           and act.approximate == "none")
         # The first token (start-of-text) is shared by every caption.
         first = int(self.tokenizer([""])[0, 0])
-        self.root = self._encode_groups([Job(key=(first, first), keep=True)], root=None)[0].prefix
+        with torch.inference_mode():
+            self.root = self._encode_groups([Job(key=(first, first), keep=True)], root=None)[0].prefix
 
     # ---- tokens -------------------------------------------------------------
     def key(self, caption: str) -> tuple[int, ...]:
@@ -163,13 +169,17 @@ class TextEncoder:
 
     # ---- encoding -----------------------------------------------------------
     @torch.inference_mode()
-    def encode(self, jobs: Sequence[Job]) -> list[Result]:
-        """Results in job order. Jobs are grouped by the number of tokens they must compute."""
+    def encode(self, jobs: Sequence[Job], grouping: bool = True) -> list[Result]:
+        """Results in job order.
+
+        Jobs are grouped by the number of tokens they must compute (grouping=False:
+        one ragged forward pass for all of them, as tests use to check masking).
+        """
         if not jobs:
             return []
         if not self.fast:
             return self._encode_reference(jobs)
-        return self._encode_groups(jobs, root=self.root)
+        return self._encode_groups(jobs, root=self.root, grouping=grouping)
 
     def _encode_reference(self, jobs: Sequence[Job]) -> list[Result]:
         rows = torch.zeros(len(jobs), self.context_length, dtype=torch.long)
@@ -193,8 +203,18 @@ class TextEncoder:
                     best, best_len = candidate, n
         return best, best_len
 
-    def _encode_groups(self, jobs: Sequence[Job], root: Optional[Prefix]) -> list[Result]:
+    def _mlp(self, block, h: torch.Tensor) -> torch.Tensor:
+        fc, proj = block.mlp.c_fc, block.mlp.c_proj
+        if self._fuse_gelu:
+            h = torch.ops.mkldnn._linear_pointwise(h, fc.weight, fc.bias, "gelu", [], "none")
+        else:
+            h = block.mlp.gelu(self._linear(h, fc.weight, fc.bias))
+        return self._linear(h, proj.weight, proj.bias)
+
+    def _encode_groups(self, jobs: Sequence[Job], root: Optional[Prefix], grouping: bool = True) -> list[Result]:
         starts = [self._start(job, root) for job in jobs]
+        if not grouping:
+            return self._forward(jobs, starts)
         new_counts = [len(job.key) - used for job, (_, used) in zip(jobs, starts)]
         order = sorted(range(len(jobs)), key=lambda i: new_counts[i])
         results: list[Optional[Result]] = [None] * len(jobs)
@@ -241,9 +261,12 @@ class TextEncoder:
         keep = any(job.keep for job in jobs)
         new_kv = torch.empty(L, 2, B, H, M, D, device=dev) if keep else None
 
+        lin = self._linear
+        ends = torch.tensor(lens, device=dev) - 1  # each row's pooled (end-token) position
+        rows = torch.arange(B, device=dev)
         for layer, block in enumerate(self.blocks):
             attn = block.attn
-            qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+            qkv = lin(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
             q, k, v = qkv.view(B, M, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, M, D)
             if keep:
                 new_kv[layer, 0] = k
@@ -251,13 +274,21 @@ class TextEncoder:
             if P:
                 k = torch.cat([prefix_kv[layer, 0], k], dim=2)
                 v = torch.cat([prefix_kv[layer, 1], v], dim=2)
+            if layer == L - 1:
+                # Only the pooled row leaves the last block: every token still
+                # contributes keys/values, but queries, attention output, MLP
+                # and everything after are needed for that one row. Exact.
+                q = q[rows, :, ends].unsqueeze(2)
+                mask = mask[rows, :, ends].unsqueeze(2)
+                x = x[rows, ends].unsqueeze(1)
+                M = 1
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            a = F.linear(a.transpose(1, 2).reshape(B, M, self.width), attn.out_proj.weight, attn.out_proj.bias)
+            a = lin(a.transpose(1, 2).reshape(B, M, self.width), attn.out_proj.weight, attn.out_proj.bias)
             x = x + block.ls_1(a)
-            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+            x = x + block.ls_2(self._mlp(block, block.ln_2(x)))
 
         # ln_final is per token, so applying it to the pooled row only is exact.
-        pooled = model.ln_final(x[torch.arange(B, device=dev), torch.tensor(lens, device=dev) - 1])
+        pooled = model.ln_final(x[:, 0])
         proj = model.text_projection
         pooled = proj(pooled) if isinstance(proj, torch.nn.Linear) else pooled @ proj
         feats = F.normalize(pooled.float(), dim=-1).cpu()
@@ -272,6 +303,37 @@ class TextEncoder:
                 kept = Prefix(tokens=tuple(job.key[:-1]), kv=torch.cat(parts, dim=3).contiguous())
             results.append(Result(feats[i], kept, used[i]))
         return results
+
+
+def _onednn_linear(x, weight, bias):
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def choose_linear(device: torch.device):
+    """The matmul for the text blocks: oneDNN on CPU when it agrees with F.linear, else F.linear.
+
+    On CPUs where MKL takes a slow path (e.g. AMD), oneDNN's fp32 GEMM is about
+    twice as fast; it is still full fp32 (no reduced-precision math), differing
+    from MKL only in summation order. A self-check guards odd builds.
+    """
+    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
+        return F.linear, "torch"
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(5, 3, 64, generator=gen)
+        w = torch.randn(96, 64, generator=gen) / 8
+        b = torch.randn(96, generator=gen)
+        with torch.inference_mode():
+            ok = torch.allclose(_onednn_linear(x, w, b), F.linear(x, w, b), atol=1e-4, rtol=1e-4)
+            fused = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+            ok = ok and torch.allclose(fused, F.gelu(F.linear(x, w, b)), atol=1e-4, rtol=1e-4)
+    except Exception as exc:  # op missing or unsupported in this build
+        log.info("oneDNN linear unavailable (%s); using torch.nn.functional.linear", exc)
+        return F.linear, "torch"
+    if not ok:
+        log.warning("oneDNN linear disagrees with F.linear; using F.linear")
+        return F.linear, "torch"
+    return _onednn_linear, "onednn"
 
 
 def partition_by_length(counts: Sequence[int], overhead: float = GROUP_OVERHEAD_ROWS,
