@@ -196,6 +196,10 @@ class Store(TargetsMixin):
             raise SubmissionError("bad_player", "not a valid player id")
         if not isinstance(caption, str) or not caption.strip():
             raise SubmissionError("bad_caption", "the caption is empty")
+        try:
+            caption.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SubmissionError("bad_caption", "the caption contains characters that are not valid text") from None
         if len(caption) > self.max_caption_chars:
             raise SubmissionError("bad_caption", f"the caption is longer than {self.max_caption_chars} characters")
         try:

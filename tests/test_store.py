@@ -131,7 +131,8 @@ def test_past_days_are_practice_only_and_never_change_boards(store, day, clock):
 
 
 def test_bad_submissions_are_refused_with_codes(store, day):
-    cases = [(P1, day[0], "", 0.1, "bad_caption"), (P1, day[0], "x" * 201, 0.1, "bad_caption"),
+    cases = [(P1, day[0], "", 0.1, "bad_caption"), (P1, day[0], "lone \ud800 surrogate", 0.1, "bad_caption"),
+             (P1, day[0], "   ", 0.1, "bad_caption"), (P1, day[0], None, 0.1, "bad_caption"), (P1, day[0], "x" * 201, 0.1, "bad_caption"),
              (P1, day[0], "ok", float("nan"), "bad_score"), (P1, day[0], "ok", 3.0, "bad_score"),
              (P1, day[0], "ok", "high", "bad_score"), ("x", day[0], "ok", 0.1, "bad_player"),
              (P1, "2026-06-15/9", "ok", 0.1, "unknown_puzzle"), (P1, "nonsense", "ok", 0.1, "unknown_puzzle"),
@@ -177,6 +178,15 @@ def test_concurrent_submissions_lose_nothing(redis_instance, redis_client, clock
     board = store.leaderboard(pid, limit=100)
     assert [e.score for e in board] == sorted(expected.values(), reverse=True)
     assert len(store.submission_log(store.today(), count=10_000)) == 8 * 20
+
+
+def test_unicode_captions_round_trip(store, day, clock):
+    caption = 'un café "très" bon \\ / 猫 🐈 </script>'
+    store.submit(P1, day[0], caption, 0.3)
+    assert store.attempts(P1, day[0])[0].caption == caption
+    clock.advance(days=1)
+    assert store.leaderboard(day[0], with_captions=True)[0].caption == caption
+    assert store.submission_log(day[0][:10])[0]["caption"] == caption
 
 
 def test_demo_and_real_models_never_share_boards(redis_client, clock, day, store):
