@@ -80,17 +80,16 @@ def share_text(day: str, cards: list[dict], url: str) -> str:
     machines = beaten = 0
     for card in cards:
         best = card["best"]
+        machines += card["machine"] is not None
         if best is None:
             lines.append("⬛" * SQUARES + " –")
             continue
         # 0.17 -> one square ... 0.45 -> five: the range good human captions land in.
         filled = max(0, min(SQUARES, round((best - 0.10) / 0.07)))
         mark = ""
-        if card["machine"] is not None:
-            machines += 1
-            if best > card["machine"]:
-                beaten += 1
-                mark = " 🤖✗"
+        if card["machine"] is not None and best > card["machine"]:
+            beaten += 1
+            mark = " 🤖✗"
         lines.append("🟩" * filled + "⬜" * (SQUARES - filled) + f" {best:.4f}{mark}")
     if machines:
         lines.append(f"Beat the machine: {beaten}/{machines}")

@@ -1,0 +1,150 @@
+"""The app factory, configuration modes, players in signed cookies, and the HTTP JSON API (Flask test client)."""
+from __future__ import annotations
+
+import pytest
+
+from game.config import ConfigError
+from web_fixtures import *  # noqa: F401,F403
+
+
+def test_config_comes_from_the_environment(tmp_path, redis_url, redis_client, clock, monkeypatch):
+    monkeypatch.setenv("CAPTIONARY_MAX_SUBMISSIONS", "7")
+    monkeypatch.setenv("CAPTIONARY_MAX_CAPTION_CHARS", "120")
+    app = make_app(tmp_path, redis_url, clock, MAX_SUBMISSIONS="7")  # test overrides still win over env
+    app2 = make_app(tmp_path, redis_url, clock)
+    assert app.config["MAX_CAPTION_CHARS"] == 120 and app.config["MAX_SUBMISSIONS"] == 7
+    assert app2.config["MAX_SUBMISSIONS"] == 3  # TEST_CONFIG overrides the environment
+    assert app.extensions["store"].max_submissions == 7
+    for name in ("redis", "store", "scorer", "game", "judge", "board_hub"):
+        assert name in app.extensions
+
+
+def test_bad_settings_fail_at_start_with_the_setting_named(tmp_path, redis_url, redis_client, clock):
+    with pytest.raises(ConfigError, match="CAPTIONARY_MAX_SUBMISSIONS"):
+        make_app(tmp_path, redis_url, clock, MAX_SUBMISSIONS="lots")
+    with pytest.raises(ConfigError, match="CAPTIONARY_ENV"):
+        make_app(tmp_path, redis_url, clock, ENV="staging")
+    with pytest.raises(ConfigError, match="CAPTIONARY_CLIP_MODEL"):
+        make_app(tmp_path, redis_url, clock, CLIP_MODEL="no-such-model")
+
+
+def test_production_refuses_without_a_real_secret_or_pretrained_weights(tmp_path, redis_url, redis_client, clock,
+                                                                        monkeypatch):
+    monkeypatch.delenv("CAPTIONARY_CLIP_WEIGHTS", raising=False)
+    real_secret = "a" * 40
+    with pytest.raises(ConfigError, match="CAPTIONARY_SECRET_KEY"):
+        make_app(tmp_path, redis_url, clock, ENV="production", SECRET_KEY=None,
+                 CLIP_MODEL="ViT-B-32", CLIP_PRETRAINED="openai")
+    with pytest.raises(ConfigError, match="CAPTIONARY_SECRET_KEY"):
+        make_app(tmp_path, redis_url, clock, ENV="production", SECRET_KEY="short")
+    with pytest.raises(ConfigError, match="random weights"):
+        make_app(tmp_path, redis_url, clock, ENV="production", SECRET_KEY=real_secret)  # test-tiny/random
+    with pytest.raises(ConfigError, match="random weights"):
+        make_app(tmp_path, redis_url, clock, ENV="production", SECRET_KEY=real_secret,
+                 CLIP_MODEL="ViT-B-32", CLIP_PRETRAINED="random")
+    with pytest.raises(ConfigError, match="models download clip-vit-b-32-openai"):
+        make_app(tmp_path, redis_url, clock, ENV="production", SECRET_KEY=real_secret,
+                 CLIP_MODEL="ViT-B-32", CLIP_PRETRAINED="openai", MODELS_DIR=str(tmp_path / "no-models"))
+
+
+def test_development_without_weights_runs_in_demo_mode(tmp_path, redis_url, redis_client, clock, monkeypatch, caplog):
+    monkeypatch.delenv("CAPTIONARY_CLIP_WEIGHTS", raising=False)
+    app = make_app(tmp_path, redis_url, clock, CLIP_MODEL="ViT-B-32", CLIP_PRETRAINED="openai",
+                   MODELS_DIR=str(tmp_path / "no-models"), SECRET_KEY=None)
+    assert app.config["DEMO_MODE"] is True and app.config["MODEL_ID"] == "test-tiny/random"
+    assert "models download clip-vit-b-32-openai" in app.config["DEMO_REASON"]
+    status = app.test_client().get("/api/status").get_json()
+    assert status["model_id"] == "test-tiny/random" and status["is_pretrained"] is False and status["demo_mode"]
+    page = app.test_client().get("/how").get_data(as_text=True)
+    assert "Demo mode: scores are not real" in page and "models download clip-vit-b-32-openai" in page
+    # Development without a secret: a random key kept in the instance folder, the same for every process.
+    assert len(app.config["SECRET_KEY"]) == 64
+    assert make_app(tmp_path, redis_url, clock, SECRET_KEY=None).config["SECRET_KEY"] == app.config["SECRET_KEY"]
+    # Demo boards are keyed by the tiny model's id, apart from any real model's.
+    assert app.extensions["store"].model_id == "test-tiny/random"
+
+
+def test_a_new_visitor_gets_an_anonymous_player_and_keeps_it(client, seeded):
+    client.get("/")
+    first = client.get_cookie("captionary").value
+    me = client.get("/api/state").get_json()["player"]
+    assert client.get("/api/state").get_json()["player"] == me
+    assert client.get_cookie("captionary").value.split(".")[0] == first.split(".")[0]
+
+
+def test_a_forged_cookie_gives_a_new_player_not_someone_else(app, client, seeded):
+    import base64
+    import json
+    client.get("/")
+    victim = client.get("/api/state").get_json()["player"]
+    # Someone else's id in an unsigned cookie (a valid-looking body, a made-up signature).
+    body = base64.urlsafe_b64encode(json.dumps({"player": "victim-player-id-000"}).encode()).decode().rstrip("=")
+    other = app.test_client()
+    other.set_cookie("captionary", body + ".AAAAAA.BBBBBBBBBBBBBBBBBBBBBBBBBBB")
+    forged = other.get("/api/state").get_json()["player"]
+    assert forged != victim
+    from game.protocol import public_id
+    assert forged != public_id("victim-player-id-000")
+
+
+def test_http_actions_match_the_websocket_ones(client, seeded):
+    p = seeded[0].id
+    client.get("/")
+    score = client.post("/api/draft", json={"puzzle": p, "caption": "a red square", "seq": 4}).get_json()
+    assert score["type"] == "score" and score["seq"] == 4
+    result = client.post("/api/submit", json={"puzzle": p, "caption": "a red square"}).get_json()
+    assert result["type"] == "result" and result["rank"] == 1 and result["submissions_left"] == 2
+    assert result["score"] == pytest.approx(score["score"], abs=1e-6)
+    board = client.get("/api/board", query_string={"puzzle": p}).get_json()
+    assert board["entries"][0]["you"] is True and "caption" not in board["entries"][0]
+    daily = client.get("/api/daily").get_json()
+    assert daily["entries"][0]["score"] == pytest.approx(result["score"], abs=1e-6)
+    hint = client.post("/api/hint", json={"puzzle": p}).get_json()
+    assert hint["word"] == seeded[0].hint_word
+    state = client.get("/api/state", query_string={"puzzle": p}).get_json()
+    assert state["puzzle"]["hint"] == hint["word"] and state["puzzle"]["attempts"][0]["caption"] == "a red square"
+    nick = client.post("/api/nickname", json={"nickname": "Ada L"}).get_json()
+    assert nick == {"type": "nickname", "nickname": "Ada L"}
+    assert client.get("/api/board", query_string={"puzzle": p}).get_json()["entries"][0]["nickname"] == "Ada L"
+
+
+@pytest.mark.parametrize("path, kwargs, status, code", [
+    ("/api/draft", {"data": "caption=hi", "content_type": "application/x-www-form-urlencoded"}, 400, "bad_json"),
+    ("/api/draft", {"data": "{oops", "content_type": "application/json"}, 400, "bad_json"),
+    ("/api/draft", {"json": ["list"]}, 400, "bad_message"),
+    ("/api/draft", {"json": {"caption": "hi"}}, 400, "missing_field"),
+    ("/api/draft", {"json": {"puzzle": "2026-06-15/9", "caption": "hi"}}, 404, "unknown_puzzle"),
+    ("/api/draft", {"json": {"puzzle": "2026-06-15/1", "caption": ""}}, 400, "empty_caption"),
+    ("/api/draft", {"json": {"puzzle": "2026-06-15/1", "caption": "x" * 201}}, 400, "caption_too_long"),
+    ("/api/submit", {"json": {"puzzle": "2026-06-15/1", "caption": "x" * 5000}}, 413, "too_big"),
+    ("/api/submit", {"data": "x" * 70000, "content_type": "application/json"}, 413, "too_big"),
+    ("/api/nickname", {"json": {"nickname": "x"}}, 400, "bad_nickname"),
+    ("/api/nickname", {"json": {"nick": "Ada"}}, 400, "missing_field"),
+    ("/api/hint", {"json": {"puzzle": 5}}, 400, "bad_field"),
+    ("/api/draft", {"json": {"puzzle": "2026-06-15/1", "caption": "hi"},
+                    "headers": {"Origin": "http://evil.example"}}, 403, "bad_origin"),
+])
+def test_bad_http_input_gets_a_clear_json_error_never_a_500(client, seeded, path, kwargs, status, code):
+    client.get("/")
+    resp = client.post(path, **kwargs)
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert body["type"] == "error" and body["code"] == code and body["message"]
+
+
+def test_wrong_methods_and_unknown_api_paths_answer_json(client):
+    assert client.get("/api/submit").status_code == 405
+    assert client.get("/api/submit").get_json()["code"] == "bad_method"
+    assert client.get("/api/nothing").get_json()["code"] == "not_found"
+    assert client.get("/api/board", query_string={"puzzle": "nope"}).get_json()["code"] == "unknown_puzzle"
+    assert client.get("/api/daily", query_string={"date": "someday"}).get_json()["code"] == "bad_field"
+
+
+def test_submission_cap_over_http(client, seeded):
+    p = seeded[2].id
+    client.get("/")
+    for _ in range(3):
+        assert client.post("/api/submit", json={"puzzle": p, "caption": "blue"}).status_code == 200
+    over = client.post("/api/submit", json={"puzzle": p, "caption": "blue again"})
+    assert over.status_code == 409 and over.get_json()["code"] == "over_cap"
+    assert len(client.get("/api/state", query_string={"puzzle": p}).get_json()["puzzle"]["attempts"]) == 3
