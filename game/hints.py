@@ -83,6 +83,31 @@ def load_vocab(path: Optional[str | os.PathLike] = None) -> list[str]:
     return words
 
 
+_default_vocab: list[str] = []
+
+
+def default_vocab() -> list[str]:
+    """The shipped vocabulary, read once per process."""
+    if not _default_vocab:
+        _default_vocab.extend(load_vocab())
+    return list(_default_vocab)
+
+
+def cached_hint(store, image_embedding) -> Optional[tuple[str, float]]:
+    """The hint from the shipped vocabulary if its embeddings for the store's model are already
+    cached (no CLIP needed); None otherwise. Lets any process that adds a target (the worker,
+    the CLI) give it a hint once the vocabulary has been embedded for that model."""
+    words = default_vocab()
+    key = (store.model_id, words_sha(words))
+    matrix = _memo.get(key)
+    if matrix is None:
+        matrix = store.vocab_embeddings(key[1])
+        if matrix is None:
+            return None
+        _memo[key] = matrix
+    return compute_hint(image_embedding, matrix, words)
+
+
 def words_sha(words: Sequence[str]) -> str:
     return sha256("\n".join(words).encode("utf-8"))
 
@@ -105,7 +130,7 @@ def compute_hint(image_embedding, vocab_embeddings, words: Sequence[str]) -> tup
 def vocab_matrix(store, embedder, words: Optional[Sequence[str]] = None) -> tuple[list[str], np.ndarray]:
     """The vocabulary's embeddings for the store's model: from this process, else Redis, else computed
     once (under a Redis lock, so several processes starting together embed it once)."""
-    words = list(words) if words is not None else load_vocab()
+    words = list(words) if words is not None else default_vocab()
     sha = words_sha(words)
     key = (store.model_id, sha)
     if key in _memo:

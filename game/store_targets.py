@@ -119,6 +119,14 @@ class TargetsMixin:
             raise KeyError(f"no target {target_id!r}")
         emb = embedding if isinstance(embedding, bytes) else embedding_bytes(embedding)
         dim = len(emb) // 4
+        if hint_word is None:  # the vocabulary cached for this model gives a hint without CLIP
+            from game import hints
+            try:
+                hint = hints.cached_hint(self, np.frombuffer(emb, dtype="<f4"))
+            except ValueError:  # a cached vocabulary of another dimension: no hint rather than no target
+                hint = None
+            if hint is not None:
+                hint_word, hint_score = hint
         known_dim = self.r.get(self._m + "dim")
         if known_dim is not None and int(known_dim) != dim:
             raise ValueError(f"embedding has {dim} dimensions; model {self.model_id} uses {int(known_dim)}")

@@ -233,3 +233,18 @@ def test_vocabulary_is_shipped_and_embedded_once_per_model(store, tiny_clip, mon
     # The cached rows are the model's own text embeddings.
     ref = tiny_clip.encode_texts_reference(small[:3]).numpy()
     assert np.allclose(first[:3], ref, atol=1e-4)
+
+
+def test_targets_added_later_get_a_hint_from_the_cached_vocabulary(store, tiny_clip, monkeypatch):
+    from conftest import png_bytes
+    monkeypatch.setattr(hints, "_memo", {})  # a fresh process
+    plain = store.add_target("photo", png_bytes((1, 1, 1)), np.ones(tiny_clip.embed_dim))
+    assert store.get_target(plain).hint_word is None  # nothing cached yet for this model
+    hints.vocab_matrix(store, tiny_clip)  # what the first start's photo import does
+    vec = tiny_clip.encode_texts_reference(["a raccoon"])[0].numpy()
+    gan = store.add_target("gan", png_bytes((2, 2, 2)), vec, prompt="a raccoon", self_score=0.5)
+    expected = hints.compute_hint(vec, hints.vocab_matrix(store, tiny_clip)[1], hints.default_vocab())
+    target = store.get_target(gan)
+    assert (target.hint_word, target.hint_score) == (expected[0], pytest.approx(expected[1], abs=1e-6))
+    assert hints.backfill_hints(store, tiny_clip) == 1  # the earlier target gets one too
+    assert store.get_target(plain).hint_word
