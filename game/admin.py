@@ -305,11 +305,14 @@ def generate_target(store: Any, scorer: Any, clip: Any, vqgan: Any, payload: dic
     if min_score is not None and score < min_score:
         return seeded
 
+    from game import hints
+    hint_word, hint_score = hints.hint_for(store, scorer, embedding)
+
     def write() -> str:
         try:
             return store.add_target("gan", result.png_bytes, embedding, prompt=payload["prompt"],
                                     self_score=float(score), seed=int(result.seed), settings=settings_,
-                                    history=history)
+                                    history=history, hint_word=hint_word, hint_score=hint_score)
         except ValueError as exc:  # e.g. the very same image (same prompt, seed, settings) is already a target
             raise AdminError(f"not added: {exc}") from exc
 
@@ -344,6 +347,45 @@ def step_fields(info: Any) -> dict:
     score = get("score")
     return {"iteration": int(get("iteration", 0) or 0) + 1, "total": int(get("total", 0) or 0),
             "score": None if score is None else float(score), "it_s": float(get("it_s", 0.0) or 0.0)}
+
+
+# -- photos ---------------------------------------------------------------
+
+def add_photos(store: Any, scorer: Any, paths: list[str], *, caption: Optional[str] = None,
+               title: Optional[str] = None, attribution: Optional[str] = None) -> list[str]:
+    """Validate every file first, then add them all; one bad file means none is added."""
+    import hashlib
+    from game import photos
+    for label, text in (("--caption", caption), ("--title", title), ("--attribution", attribution)):
+        if text is not None and (not text.strip() or len(text) > MAX_PROMPT_CHARS
+                                 or any(ord(c) < 32 for c in text)):
+            raise AdminError(f"{label} must be 1 to {MAX_PROMPT_CHARS} printable characters")
+    pngs, seen = [], {}
+    for path in paths:
+        try:
+            png = photos.read_photo(path)
+        except photos.PhotoError as exc:
+            raise AdminError(f"{path}: {exc}; nothing added") from exc
+        except OSError as exc:
+            raise AdminError(f"{path}: cannot read it ({exc.strerror or exc}); nothing added") from exc
+        sha = hashlib.sha256(png).hexdigest()
+        existing = store.find_by_sha(sha)  # active targets only: a removed photo may be added again
+        if existing:
+            raise AdminError(f"{path} is already target {existing}; nothing added")
+        if sha in seen:
+            raise AdminError(f"{path} is the same image as {seen[sha]}; nothing added")
+        seen[sha] = path
+        pngs.append(png)
+    added = []
+    try:
+        for png in pngs:
+            added.append(photos.add_photo(store, scorer, png, title=title, attribution=attribution,
+                                          reference_caption=caption))
+    except Exception:
+        for target_id in added:  # keep "all or none" even if the store fails half-way
+            store.remove_target(target_id)
+        raise
+    return added
 
 
 # -- targets and puzzles --------------------------------------------------

@@ -289,15 +289,10 @@ def puzzles_show(date):
 # -- models ---------------------------------------------------------------
 
 def _models_dir() -> Optional[str]:
-    try:
-        return current_app.config.get("MODELS_DIR")
-    except RuntimeError:  # `python -m game.cli`: no app, the environment decides
-        return os.environ.get("CAPTIONARY_MODELS_DIR")
+    return current_app.config.get("MODELS_DIR")
 
 
-@click.group("models", help="List, download and check model weights.")
-def models():
-    pass
+models = AppGroup("models", help="List, download and check model weights.")
 
 
 @models.command("list")
@@ -369,5 +364,20 @@ def init_app(app) -> None:
     admin_views.init_app(app)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m game.cli models ...`
-    click.Group(commands={"models": models})()
+def _bare_app():
+    """The app for `python -m game.cli`: only the environment's settings, no Redis, no CLIP."""
+    from flask import Flask
+    app = Flask("captionary-models")
+    app.config["MODELS_DIR"] = os.environ.get("CAPTIONARY_MODELS_DIR")
+    return app
+
+
+def standalone(argv=None) -> None:
+    """`python -m game.cli models ...`: the models group without building the game app
+    (e.g. to download weights before a production app, which refuses to start without them)."""
+    from flask.cli import ScriptInfo
+    click.Group("python -m game.cli", commands={"models": models})(args=argv, obj=ScriptInfo(create_app=_bare_app))
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess in tests
+    standalone()

@@ -234,3 +234,49 @@ def test_jobs_lists_failed_jobs_with_their_errors(cli, app):
     out = cli("targets", "jobs").output
     assert "failed" in out and "size must be a multiple of 16" in out and "a doomed prompt" in out
     assert "no jobs" in cli("targets", "jobs", "--status", "queued").output
+
+
+# -- add-photo --------------------------------------------------------------------
+
+def _photo(path, color, size=(64, 48), fmt="PNG"):
+    Image.new("RGB", size, color).save(path, fmt)
+    return str(path)
+
+
+def test_add_photo_adds_all_with_caption(cli, store, tmp_path):
+    a = _photo(tmp_path / "a.png", (250, 10, 10))
+    b = _photo(tmp_path / "b.jpg", (10, 10, 250), fmt="JPEG")
+    result = cli("targets", "add-photo", a, b, "--caption", "a red square", "--title", "Squares")
+    assert result.exit_code == 0, result.output
+    photos = store.list_targets(kind="photo")
+    assert len(photos) == 2 and all(p.status == "ready" and p.reference_caption == "a red square" for p in photos)
+    assert all(p.id in result.output for p in photos) and all(p.hint_word for p in photos)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: str(d / "missing.png"), "no such file"),
+    (lambda d: (d / "notes.png").write_text("hello") and str(d / "notes.png"), "not an image"),
+    (lambda d: _photo(d / "tiny.png", (1, 2, 3), size=(8, 8)), "32 pixels"),
+])
+def test_add_photo_rejects_bad_files_and_adds_none(cli, store, tmp_path, make, message):
+    good = _photo(tmp_path / "good.png", (0, 200, 0))
+    bad = make(tmp_path)
+    assert _failed(cli("targets", "add-photo", good, bad), message, "nothing added")
+    assert store.list_targets() == []
+
+
+def test_add_photo_refuses_a_decompression_bomb(cli, store, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 10_000)).save(bomb)  # 100 MP in a few kB
+    assert _failed(cli("targets", "add-photo", str(bomb)), "MP")
+    assert store.list_targets() == []
+
+
+def test_add_photo_refuses_duplicates_and_bad_captions(cli, store, tmp_path):
+    a = _photo(tmp_path / "a.png", (1, 100, 1))
+    assert cli("targets", "add-photo", a).exit_code == 0
+    assert _failed(cli("targets", "add-photo", a), "already target")
+    c = _photo(tmp_path / "c.png", (1, 1, 100))
+    assert _failed(cli("targets", "add-photo", c, c), "same image")
+    assert _failed(cli("targets", "add-photo", c, "--caption", "x" * 300), "--caption")
+    assert len(store.list_targets()) == 1

@@ -1,0 +1,155 @@
+"""`targets export DIR` / `targets import DIR`: a backup that restores the pool and boards on an empty Redis."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import png_bytes
+
+
+@pytest.fixture
+def app(redis_client, redis_url, clock):
+    from game import create_app
+    return create_app({"TESTING": True, "SECRET_KEY": "test-secret-key-0123456789", "REDIS_URL": redis_url,
+                       "CLIP_MODEL": "test-tiny", "CLIP_PRETRAINED": "random", "IMPORT_STARTER_PHOTOS": False,
+                       "CLOCK": clock})
+
+
+@pytest.fixture
+def cli(app):
+    runner = app.test_cli_runner()
+    return lambda *args, input=None: runner.invoke(args=list(args), input=input, catch_exceptions=False)
+
+
+def _populate(app, clock):
+    """Targets of both kinds, a played past day (boards, log), a scheduled future day."""
+    from game.players import new_player_id
+    store, scorer = app.extensions["store"], app.extensions["scorer"]
+    ids = []
+    for i in range(4):
+        png = png_bytes((40 * i, 90, 200 - 30 * i))
+        emb = scorer.embed_image(Image.open(io.BytesIO(png)))
+        if i % 2:
+            ids.append(store.add_target("gan", png, emb, prompt=f"prompt {i}", self_score=0.3 + i / 100, seed=i,
+                                        settings={"size": 32, "job_id": f"j{i}"}, history=[[0, 0.1], [4, 0.3]]))
+        else:
+            ids.append(store.add_target("photo", png, emb, title=f"photo {i}", reference_caption="a caption"))
+    day = store.today()
+    puzzles = store.puzzles_for(day)
+    players = [new_player_id() for _ in range(3)]
+    store.set_nickname(players[0], "alice")
+    for n, player in enumerate(players):
+        for puzzle in puzzles:
+            store.submit(player, puzzle.id, f"caption {n}", 0.2 + n / 10 + puzzle.index / 100)
+    clock.advance(days=1)
+    store.schedule(store.today(), [ids[1], ids[0]])
+    return day, puzzles
+
+
+def _snapshot(store, day, puzzles):
+    targets = [(t.id, t.kind, t.status, t.prompt, t.title, t.self_score, t.seed, t.settings, t.history, t.hint_word)
+               for t in store.list_targets()]
+    images = {t[0]: store.target_image(t[0]) for t in targets}
+    embeddings = {t[0]: store.target_embedding(t[0]).tolist() for t in targets}
+    boards = {p.id: [(e.rank, e.player_id, e.nickname, e.score, e.caption)
+                     for e in store.leaderboard(p.id, with_captions=True)] for p in puzzles}
+    daily = [(e.rank, e.player_id, e.score) for e in store.daily_leaderboard(day)]
+    schedule = {d: [p.target_id for p in store.puzzles_for(d)] for d in store.days()}
+    reveal = store.reveal(puzzles[0].id)
+    return targets, images, embeddings, boards, daily, schedule, (reveal.beat_machine if hasattr(reveal, "beat_machine") else None)
+
+
+def test_export_then_import_into_an_empty_redis_reproduces_pool_and_boards(cli, app, clock, tmp_path, redis_client):
+    store = app.extensions["store"]
+    day, puzzles = _populate(app, clock)
+    before = _snapshot(store, day, puzzles)
+    assert before[3][puzzles[0].id]  # the boards are not empty
+    result = cli("targets", "export", str(tmp_path / "backup"))
+    assert result.exit_code == 0, result.output
+    assert "4 targets, 4 images" in result.output
+    assert len(list((tmp_path / "backup" / "images").glob("*.png"))) == 4
+    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
+    assert manifest["counts"]["targets"] == 4
+
+    redis_client.flushall()  # a new, empty Redis
+    assert store.list_targets() == []
+    result = cli("targets", "import", str(tmp_path / "backup"))
+    assert result.exit_code == 0, result.output
+    after = _snapshot(store, day, puzzles)
+    assert after == before
+    # The restored game keeps working: a new submission on the restored scheduled day ranks.
+    from game.players import new_player_id
+    today = store.puzzles_for(store.today())
+    assert store.submit(new_player_id(), today[0].id, "after restore", 0.5).rank == 1
+
+
+def test_import_refuses_a_redis_with_game_data_unless_replace(cli, app, clock, tmp_path):
+    store = app.extensions["store"]
+    _populate(app, clock)
+    assert cli("targets", "export", str(tmp_path / "b")).exit_code == 0
+    before = [t.id for t in store.list_targets()]
+    result = cli("targets", "import", str(tmp_path / "b"))
+    assert result.exit_code == 1 and "already holds game data" in result.output
+    assert [t.id for t in store.list_targets()] == before
+    extra = store.add_target("photo", png_bytes((1, 2, 3)), np.ones(store.target_embedding(before[0]).shape))
+    assert cli("targets", "import", str(tmp_path / "b"), "--replace", input="n\n").exit_code == 1
+    assert store.get_target(extra) is not None
+    result = cli("targets", "import", str(tmp_path / "b"), "--replace", "--yes")
+    assert result.exit_code == 0, result.output
+    assert store.get_target(extra) is None and sorted(t.id for t in store.list_targets()) == sorted(before)
+
+
+def _tamper(path, fn):
+    path.write_text(fn(path.read_text()))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "manifest.json").unlink(), "missing: not a Captionary export"),
+    (lambda d: (d / "manifest.json").write_text("{not json"), "not JSON"),
+    (lambda d: next((d / "images").glob("*.png")).unlink(), "missing"),
+    (lambda d: next((d / "images").glob("*.png")).write_bytes(b"garbage"), "checksum"),
+    (lambda d: _tamper(d / "keys.jsonl", lambda t: t.replace('"hash"', '"blob"', 1)), "checksum"),
+])
+def test_import_of_a_damaged_export_is_refused_and_writes_nothing(cli, app, clock, tmp_path, redis_client,
+                                                                  damage, message):
+    _populate(app, clock)
+    assert cli("targets", "export", str(tmp_path / "b")).exit_code == 0
+    damage(tmp_path / "b")
+    redis_client.flushall()
+    result = cli("targets", "import", str(tmp_path / "b"))
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert [k for k in redis_client.keys("cap:*") if k != b"cap:models"] == []
+
+
+def test_import_validates_lines_even_with_a_matching_manifest(cli, app, clock, tmp_path, redis_client):
+    # An admin hand-edits keys.jsonl and updates the checksum: the content is still checked.
+    import hashlib
+    _populate(app, clock)
+    backup = tmp_path / "b"
+    assert cli("targets", "export", str(backup)).exit_code == 0
+    keys = backup / "keys.jsonl"
+    keys.write_text(keys.read_text() + '{"key": "other:thing", "type": "string", "value": "x"}\n')
+    manifest = json.loads((backup / "manifest.json").read_text())
+    manifest["files"]["keys.jsonl"] = hashlib.sha256(keys.read_bytes()).hexdigest()
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+    redis_client.flushall()
+    result = cli("targets", "import", str(backup))
+    assert result.exit_code == 1 and "outside the game's cap: prefix" in result.output
+    assert [k for k in redis_client.keys("cap:*") if k != b"cap:models"] == []
+
+
+def test_export_refuses_a_non_empty_or_unwritable_folder(cli, app, clock, tmp_path):
+    _populate(app, clock)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    result = cli("targets", "export", str(tmp_path / "full"))
+    assert result.exit_code == 1 and "not an empty folder" in result.output
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    result = cli("targets", "export", str(tmp_path / "file" / "sub"))
+    assert result.exit_code == 1 and "cannot write" in result.output
+    assert cli("targets", "import", str(tmp_path / "nowhere")).exit_code == 1
