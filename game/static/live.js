@@ -26,6 +26,7 @@ window.CaptionaryLive = (function () {
     try {
       ws = new WebSocket(scheme + location.host + this.wsPath);
     } catch (e) {
+      this.failures += 1;   // blocked outright (policy, proxy, old browser)
       this.retry();
       return;
     }
