@@ -222,3 +222,41 @@ def test_publish_board_reaches_subscribers(store, redis_client):
     message = pubsub.get_message(timeout=5)
     assert json.loads(message["data"]) == {"type": "board", "top": [1, 2]}
     pubsub.close()
+
+
+def test_boards_match_a_simple_model_of_the_rules(redis_client, clock):
+    """Property test: for any sequence of submissions, boards rank by (best desc, time it was reached asc)."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    scores = st.sampled_from([-0.1, 0.0, 0.1, 0.2, 0.2000001, 0.25, 0.3])  # few values: many ties
+    plays = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 1), scores), min_size=1, max_size=25)
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(plays)
+    def check(sequence):
+        redis_client.flushall()
+        store = Store(redis_client, "test-tiny/random", max_submissions=100, clock=clock)
+        for i in range(2):
+            store.add_target("photo", png_bytes((i, 0, 0)), _vec(i))
+        puzzles = [p.id for p in store.puzzles_for(store.today())]
+        best, reached, total_reached = {}, {}, {}
+        for step, (player, puzzle, score) in enumerate(sequence):
+            pid = f"model-player-{player}"
+            store.submit(pid, puzzles[puzzle], f"c{step}", score)
+            key = (pid, puzzle)
+            if key not in best or round(score * 1e6) > round(best[key] * 1e6):
+                best[key], reached[key] = score, step
+                total_reached[pid] = step
+        for puzzle in range(2):
+            rows = [(pid, s, reached[(pid, p)]) for (pid, p), s in best.items() if p == puzzle]
+            want = [pid for pid, s, t in sorted(rows, key=lambda r: (-round(r[1] * 1e6), r[2]))]
+            assert [e.player_id for e in store.leaderboard(puzzles[puzzle], limit=10)] == want
+        totals = {}
+        for (pid, _), s in best.items():
+            totals[pid] = totals.get(pid, 0) + round(s * 1e6)
+        want = sorted(totals, key=lambda pid: (-totals[pid], total_reached[pid]))
+        board = store.daily_leaderboard(store.today())
+        assert [e.player_id for e in board] == want
+        assert [round(e.score * 1e6) for e in board] == [totals[p] for p in want]
+
+    check()
