@@ -6,7 +6,7 @@ Errors an admin can fix raise `AdminError` with a message that says what to do;
 the CLI prints it in red and exits 1.
 
 Settings this module adds (env `CAPTIONARY_X` -> config `X`; see `settings()`):
-  GAN_MIN_SCORE      self-score a worker-generated target must reach (0.30)
+  GAN_MIN_SCORE      self-score a worker-generated target must reach (0.40)
   POOL_TARGET        ready GAN targets the worker keeps for the coming days (K, 6)
   POOL_DAYS          how many coming days "the coming days" covers (3)
   JOB_MAX_ATTEMPTS   deliveries before a job is parked as failed (3)
@@ -30,7 +30,7 @@ log = logging.getLogger("captionary.admin")
 TINY = "test-tiny"
 
 SETTING_DEFAULTS: dict[str, Any] = {
-    "GAN_MIN_SCORE": 0.30,
+    "GAN_MIN_SCORE": 0.40,
     "POOL_TARGET": 6,
     "POOL_DAYS": 3,
     "JOB_MAX_ATTEMPTS": 3,
