@@ -1,0 +1,305 @@
+"""Websocket load benchmark: N players typing at human pace against the server as the Procfile runs it.
+
+The server is the Procfile's `web:` line, run verbatim by bash (gunicorn,
+gthread worker) with `CAPTIONARY_CLIP_MODEL=ViT-B-32 CAPTIONARY_CLIP_PRETRAINED=random`:
+the full-size architecture with seeded random weights (same compute as the
+trained model; the scores mean nothing). It gets a fresh instance folder and
+its own embedded Redis. Three targets are put in the pool beforehand with
+seeded random unit embeddings (what a draft costs does not depend on the
+image; this keeps start-up short) and the day is frozen.
+
+Each simulated player loads the page over HTTP (session cookie), opens the
+websocket with the page's Origin, says hello, subscribes to its puzzle's board,
+then types captions keystroke by keystroke at human pace (120-300 ms per key,
+~60 words per minute) with the play page's rule: a draft 150 ms after the
+last keystroke, or at once after a space. After each caption it submits
+(while submissions remain) and starts another. Latency is measured from
+sending a draft to receiving its `score`; a draft that a newer one overtook
+gets `dropped` and counts as neither. Errors: error replies, drafts never
+answered, and sockets that fail.
+
+Last line, exactly:
+  ws_load: players=<n> drafts_per_s=<x> p50_ms=<a> p99_ms=<b> errors=<e>
+where drafts_per_s is the offered rate (drafts sent per second of load).
+
+Usage: python bench/ws_load.py [--quick] [--players N] [--seconds S] [--port P]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORDS = ("a photo of the red old wooden small big tiny dog cat bird astronaut rocket coffee cup coins "
+         "woman man portrait painting sky night city street blue green yellow bright dark galaxy stars "
+         "space launch tower smoke steam table morning light shadow field river mountain snow").split()
+MODEL, PRETRAINED = "ViT-B-32", "random"
+
+
+def percentile(values, q):
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def procfile_command(port: int) -> str:
+    line = next(l for l in (ROOT / "Procfile").read_text().splitlines() if l.startswith("web:"))
+    return line.split(":", 1)[1].strip().replace("${PORT:-8000}", str(port))
+
+
+def seed_targets(instance: str) -> list[str]:
+    """Three targets with seeded random unit embeddings for ViT-B-32/random; returns today's puzzle ids."""
+    import numpy as np
+    from PIL import Image
+    from game import redis_server
+    from game.store import Store
+    client = redis_server.connect(instance)
+    store = Store(client, f"{MODEL}/{PRETRAINED}")
+    rng = np.random.default_rng(0)
+    for i, color in enumerate(((200, 40, 40), (40, 160, 60), (30, 60, 200))):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), color).save(buf, "PNG")
+        vec = rng.standard_normal(512).astype(np.float32)
+        store.add_target("photo", buf.getvalue(), vec / np.linalg.norm(vec), title=f"bench {i}")
+    ids = [p.id for p in store.freeze_day(store.today())]
+    client.close()
+    return ids
+
+
+class Player(threading.Thread):
+    """One simulated typist on one websocket."""
+
+    def __init__(self, idx, base, puzzle, stop_at, stats, lock):
+        super().__init__(name=f"player-{idx}", daemon=True)
+        self.idx, self.base, self.puzzle, self.stop_at = idx, base, puzzle, stop_at
+        self.stats, self.lock = stats, lock
+        self.rng = random.Random(idx)
+        self.pending: dict[int, float] = {}  # seq -> send time
+        self.plock = threading.Lock()
+        self.seq = 0
+        self.ws = None
+        self.submit_waiting = False
+
+    def record(self, key, value=1):
+        with self.lock:
+            if isinstance(self.stats[key], list):
+                self.stats[key].append(value)
+            else:
+                self.stats[key] += value
+
+    def connect(self):
+        import requests
+        import websocket
+        session = requests.Session()
+        session.get(self.base + "/", timeout=30)
+        cookie = f"captionary={session.cookies['captionary']}"
+        self.ws = websocket.create_connection(self.base.replace("http", "ws", 1) + "/ws", timeout=30,
+                                              header=[f"Cookie: {cookie}"], origin=self.base)
+        self.ws.send(json.dumps({"type": "hello", "puzzle": self.puzzle}))
+        self.ws.send(json.dumps({"type": "subscribe", "puzzles": [self.puzzle]}))
+
+    def receive(self):
+        while True:
+            try:
+                raw = self.ws.recv()
+            except Exception:
+                return
+            if not raw:
+                return
+            now = time.perf_counter()
+            msg = json.loads(raw)
+            kind = msg.get("type")
+            if kind in ("score", "dropped"):
+                with self.plock:
+                    sent = self.pending.pop(msg["seq"], None)
+                if sent is not None and kind == "score":
+                    self.record("latencies", (now - sent) * 1000)
+                elif kind == "dropped":
+                    self.record("dropped")
+            elif kind == "result":
+                self.record("submits")
+                self.submit_waiting = False
+            elif kind == "board":
+                self.record("pushes")
+            elif kind == "error":
+                if msg.get("seq") is not None:
+                    with self.plock:
+                        self.pending.pop(msg["seq"], None)
+                if msg.get("code") == "over_cap":
+                    self.submit_waiting = False
+                    self.record("over_cap")
+                else:
+                    self.record("errors")
+                    self.record("error_codes", msg.get("code"))
+
+    def send_draft(self, text):
+        self.seq += 1
+        with self.plock:
+            self.pending[self.seq] = time.perf_counter()
+        self.ws.send(json.dumps({"type": "draft", "seq": self.seq, "puzzle": self.puzzle, "caption": text}))
+        self.record("sent")
+
+    def run(self):
+        try:
+            self.connect()
+        except Exception as exc:
+            self.record("errors")
+            self.record("error_codes", f"connect: {exc}"[:80])
+            return
+        reader = threading.Thread(target=self.receive, daemon=True)
+        reader.start()
+        try:
+            self.type_until_stopped()
+        except Exception as exc:
+            self.record("errors")
+            self.record("error_codes", f"socket: {exc}"[:80])
+
+    def type_until_stopped(self):
+        while time.perf_counter() < self.stop_at:
+            caption = " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(4, 10)))
+            text = ""
+            for ch in caption:
+                text += ch
+                if ch == " ":  # a word ended: the page sends at once
+                    self.send_draft(text)
+                    gap = self.rng.uniform(0.12, 0.30)
+                else:
+                    gap = self.rng.uniform(0.12, 0.30)
+                    if gap >= 0.15:  # the 150 ms debounce fires before the next key
+                        time.sleep(0.15)
+                        self.send_draft(text)
+                        gap -= 0.15
+                time.sleep(gap)
+                if time.perf_counter() >= self.stop_at:
+                    return
+            if not self.submit_waiting:
+                self.submit_waiting = True
+                self.ws.send(json.dumps({"type": "submit", "puzzle": self.puzzle, "caption": text}))
+            time.sleep(self.rng.uniform(0.5, 1.5))  # reads the score, thinks
+
+    def outstanding(self) -> int:
+        with self.plock:
+            return len(self.pending)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer players, 15 s of load (under a minute)")
+    parser.add_argument("--players", type=int)
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    args = parser.parse_args()
+    players = args.players or (30 if args.quick else 60)
+    seconds = args.seconds or (15.0 if args.quick else 45.0)
+    port = args.port or _free_port()
+
+    instance = tempfile.mkdtemp(prefix="captionary-wsload-")
+    from game import redis_server
+    server = None
+    try:
+        puzzles = seed_targets(instance)
+        env = dict(os.environ, PORT=str(port), CAPTIONARY_INSTANCE_PATH=instance, CAPTIONARY_CLIP_MODEL=MODEL,
+                   CAPTIONARY_CLIP_PRETRAINED=PRETRAINED, CAPTIONARY_IMPORT_STARTER_PHOTOS="false",
+                   CAPTIONARY_SECRET_KEY="ws-load-benchmark-secret-key")
+        env.pop("REDIS_URL", None)
+        cmd = procfile_command(port)
+        print(f"server: {cmd}  (CLIP {MODEL}/{PRETRAINED}: random weights, scores meaningless)", flush=True)
+        log = open(os.path.join(instance, "server.log"), "wb")
+        server = subprocess.Popen(["bash", "-c", "exec " + cmd], cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        t0 = time.perf_counter()
+        _wait_ready(base, server, instance)
+        print(f"server ready in {time.perf_counter() - t0:.1f}s; {players} players for {seconds:.0f}s", flush=True)
+
+        stats = {"latencies": [], "sent": 0, "dropped": 0, "errors": 0, "submits": 0, "pushes": 0,
+                 "over_cap": 0, "error_codes": []}
+        lock = threading.Lock()
+        start = time.perf_counter()
+        stop_at = start + seconds
+        crowd = [Player(i, base, puzzles[i % len(puzzles)], stop_at, stats, lock) for i in range(players)]
+        for i, p in enumerate(crowd):
+            p.start()
+            time.sleep(min(0.05, 1.0 / players))  # players arrive over about a second, not in one instant
+        for p in crowd:
+            p.join(seconds + 60)
+        elapsed = time.perf_counter() - start
+        deadline = time.perf_counter() + 5.0  # answers still in flight
+        while time.perf_counter() < deadline and any(p.outstanding() for p in crowd):
+            time.sleep(0.05)
+        unanswered = sum(p.outstanding() for p in crowd)
+        for p in crowd:
+            try:
+                p.ws.close()
+            except Exception:
+                pass
+        lat = stats["latencies"]
+        errors = stats["errors"] + unanswered
+        rate = stats["sent"] / elapsed
+        print(f"drafts sent {stats['sent']} in {elapsed:.1f}s; scored {len(lat)}, dropped (overtaken) "
+              f"{stats['dropped']}, unanswered {unanswered}; submits {stats['submits']} "
+              f"(+{stats['over_cap']} over the cap); board pushes received {stats['pushes']}")
+        if stats["error_codes"]:
+            counts = {}
+            for code in stats["error_codes"]:
+                counts[code] = counts.get(code, 0) + 1
+            print("errors by code:", counts)
+        print(f"scored/s {len(lat) / elapsed:.1f}; latency ms: p50 {percentile(lat, 50):.1f} "
+              f"p90 {percentile(lat, 90):.1f} p99 {percentile(lat, 99):.1f} max {max(lat, default=float('nan')):.1f}")
+        print(f"ws_load: players={players} drafts_per_s={rate:.1f} p50_ms={percentile(lat, 50):.1f} "
+              f"p99_ms={percentile(lat, 99):.1f} errors={errors}", flush=True)
+    finally:
+        if server is not None and server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        try:
+            redis_server.stop(instance)
+        except Exception as exc:
+            print(f"warning: could not stop the embedded Redis: {exc}", file=sys.stderr)
+        shutil.rmtree(instance, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(base: str, server, instance: str, timeout: float = 180.0) -> None:
+    import requests
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if server.poll() is not None:
+            log = Path(instance, "server.log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"the server exited with {server.returncode}:\n{log}")
+        try:
+            status = requests.get(base + "/api/status", timeout=2).json()
+            if status.get("model_id") != f"{MODEL}/{PRETRAINED}":
+                raise SystemExit(f"unexpected judge {status.get('model_id')}")
+            return
+        except (requests.ConnectionError, requests.Timeout, ValueError):
+            time.sleep(0.3)
+    raise SystemExit("the server did not answer within 180 s")
+
+
+if __name__ == "__main__":
+    main()
