@@ -288,7 +288,9 @@ class Store(TargetsMixin):
         """Top `limit` of a puzzle. Captions only once the puzzle's day is over (hidden while it runs)."""
         date, _ = pz.parse_puzzle_id(puzzle_id)
         show = with_captions and self.day_state(date) == "past"
-        rows = self.r.zrevrange(self._pz(puzzle_id) + "board", 0, max(0, int(limit)) - 1, withscores=True)
+        if int(limit) <= 0:
+            return []
+        rows = self.r.zrevrange(self._pz(puzzle_id) + "board", 0, int(limit) - 1, withscores=True)
         pids = [m.decode() for m, _ in rows]
         bests = self.r.hmget(self._pz(puzzle_id) + "best", pids) if pids else []
         names = self._display_names(pids)
@@ -302,7 +304,9 @@ class Store(TargetsMixin):
     def daily_leaderboard(self, date, limit: int = 20) -> list[BoardEntry]:
         """The day's board: each player's sum of best scores over the day's puzzles."""
         date = pz.parse_date(date)
-        rows = self.r.zrevrange(self._day(date) + ":board", 0, max(0, int(limit)) - 1, withscores=True)
+        if int(limit) <= 0:
+            return []
+        rows = self.r.zrevrange(self._day(date) + ":board", 0, int(limit) - 1, withscores=True)
         pids = [m.decode() for m, _ in rows]
         names = self._display_names(pids)
         return [BoardEntry(rank=i + 1, player_id=pid, nickname=name, score=_decode_day(c)[0] / Q_SCALE,

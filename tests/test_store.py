@@ -79,6 +79,9 @@ def test_daily_board_sums_each_players_best(store, day):
     board = store.daily_leaderboard(store.today())
     assert [(e.player_id, round(e.score, 6)) for e in board] == [(P1, 0.35), (P2, 0.34)]
     assert store.daily_rank(P2, store.today()) == 2
+    assert [e.player_id for e in store.daily_leaderboard(store.today(), limit=1)] == [P1]
+    assert store.daily_leaderboard(store.today(), limit=0) == [] and store.leaderboard(day[0], limit=0) == []
+    assert len(store.leaderboard(day[0], limit=1)) == 1 and store.board_size(day[0]) == 2
 
 
 def test_daily_tie_goes_to_who_reached_the_total_first(store, day):
