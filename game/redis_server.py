@@ -240,11 +240,12 @@ def stop(instance_path: str | os.PathLike, timeout_s: float = 30.0) -> bool:
     """Shut the embedded server down (the AOF is already fsynced); False if none was running."""
     instance = os.path.abspath(os.fspath(instance_path))
     sock = socket_path(instance)
+    if os.path.isdir(instance):  # even if it is down already: stray clients must not restart it
+        with open(os.path.join(instance, STOPPED_NAME), "w", encoding="utf-8") as fh:
+            fh.write(f"stopped by pid {os.getpid()} at {time.time():.0f}\n")
     pid = server_pid(instance)
     if pid is None:
         return False
-    with open(os.path.join(instance, STOPPED_NAME), "w", encoding="utf-8") as fh:
-        fh.write(f"stopped by pid {os.getpid()} at {time.time():.0f}\n")
     # No retries: the server closing the connection is the expected answer to SHUTDOWN.
     client = _client(sock, retry=Retry(NoBackoff(), 0))
     try:
