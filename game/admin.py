@@ -7,11 +7,11 @@ the CLI prints it in red and exits 1.
 
 Settings this module adds (env `CAPTIONARY_X` -> config `X`; see `settings()`):
   GAN_MIN_SCORE      self-score a worker-generated target must reach (0.40)
-  POOL_TARGET        ready GAN targets the worker keeps for the coming days (K, 6)
-  POOL_DAYS          how many coming days "the coming days" covers (3)
+  POOL_TARGET        fresh (never shown) ready GAN targets the worker keeps for the coming days (K, 6)
   JOB_MAX_ATTEMPTS   deliveries before a job is parked as failed (3)
   JOB_VISIBILITY_S   seconds before a silent worker's job is taken over (300)
-  GEN_SIZE, GEN_ITERATIONS, GEN_SEEDS, GEN_KEEP, GEN_CUTN   generation defaults
+  GEN_SIZE, GEN_ITERATIONS, GEN_SEEDS, GEN_KEEP, GEN_CUTN   generation defaults (256, 300, 4, 1, 32)
+  WORKER_IDLE_S      how long an idle worker blocks on the queue between pool checks (5)
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ TINY = "test-tiny"
 SETTING_DEFAULTS: dict[str, Any] = {
     "GAN_MIN_SCORE": 0.40,
     "POOL_TARGET": 6,
-    "POOL_DAYS": 3,
     "JOB_MAX_ATTEMPTS": 3,
     "JOB_VISIBILITY_S": 300.0,
     "GEN_SIZE": 256,

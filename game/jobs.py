@@ -289,10 +289,16 @@ class JobQueue:
         self.r.hset(job_key(job.id), mapping={"status": "queued", "error": error, "worker": ""})
         return "queued"
 
-    def retry_now(self, job: Job) -> None:
-        """Make a job that just failed claimable at once (tests, or an admin's retry)."""
-        self.r.xclaim(STREAM, GROUP, "retry", min_idle_time=0, message_ids=[job.entry], idle=self.visibility_ms,
-                      justid=True)
+    def release(self, job: Job) -> None:
+        """Hand an unfinished job back (its worker is stopping): claimable at once, attempt not counted.
+
+        The entry's idle time is set past the visibility timeout so the next
+        XAUTOCLAIM takes it; that claim counts a delivery, so the count is
+        lowered by one here first (XCLAIM RETRYCOUNT).
+        """
+        self.r.xclaim(STREAM, GROUP, job.worker or "released", min_idle_time=0, message_ids=[job.entry],
+                      idle=self.visibility_ms + 1, retrycount=max(0, job.attempts - 1), justid=True)
+        self.r.hset(job_key(job.id), mapping={"status": "queued", "worker": ""})
 
     def _done(self, job: Job, target_id: str) -> None:
         pipe = self.r.pipeline(transaction=True)

@@ -24,6 +24,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -51,6 +52,10 @@ SITUATIONS = ("driving a tractor", "on top of a house", "playing the violin", "i
 
 class LostJob(RuntimeError):
     """Another worker took this job over (we were too slow to report); stop working on it."""
+
+
+class Stopping(RuntimeError):
+    """The worker was asked to stop (SIGTERM) in the middle of a job."""
 
 
 def load_prompts(path: Path | str = PROMPTS_FILE) -> list[str]:
@@ -114,6 +119,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.top_up_enabled = top_up
         self.models: dict = {}  # loaded once, kept for the life of the process
+        self.default_choice: Optional[admin.ModelChoice] = None  # set by prepare()
         self.stop = threading.Event()
         self.started = time.time()
         self.processed = 0
@@ -122,6 +128,32 @@ class Worker:
     def from_app(cls, app, **kwargs) -> "Worker":
         ext = app.extensions
         return cls(redis=ext["redis"], store=ext["store"], scorer=ext["scorer"], config=app.config, **kwargs)
+
+    def prepare(self) -> admin.ModelChoice:
+        """Load the configured CLIP and VQGAN now (once), so a missing file is reported at start.
+
+        In development, when the configured weights are not here, the worker
+        falls back to the tiny random models, as the web app's demo mode does
+        (and says so); in production it refuses to start.
+        """
+        choice = admin.model_choice(self.config)
+        try:
+            admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
+        except admin.AdminError as exc:
+            if self.config.get("ENV") == "production" or not self.config.get("DEMO_FALLBACK", True):
+                raise
+            log.warning("DEMO MODE: generation models unavailable, using the random test-tiny models "
+                        "(images and scores are not real):\n%s", exc)
+            choice = admin.ModelChoice(admin.TINY, "random", admin.TINY, choice.device, choice.models_dir)
+            admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
+        self.default_choice = choice
+        return choice
+
+    def _choice_for(self, payload: dict) -> admin.ModelChoice:
+        if not any(payload.get(k) for k in ("clip_model", "clip_pretrained", "vqgan_model")):
+            return self.default_choice or self.prepare()
+        return admin.model_choice(self.config, payload.get("clip_model"), payload.get("clip_pretrained"),
+                                  payload.get("vqgan_model"))
 
     # -- heartbeat --------------------------------------------------------
     def heartbeat(self, state: str, job=None, progress: str = "") -> None:
@@ -160,6 +192,8 @@ class Worker:
         last = {"t": 0.0}
 
         def on_step(info) -> None:
+            if self.stop.is_set():
+                raise Stopping(f"worker {self.name} is stopping")
             now = time.monotonic()
             if now - last["t"] < TOUCH_EVERY_S:
                 return
@@ -172,8 +206,7 @@ class Worker:
             self.heartbeat("working", job, progress)
 
         try:
-            choice = admin.model_choice(self.config, payload.get("clip_model"), payload.get("clip_pretrained"),
-                                        payload.get("vqgan_model"))
+            choice = self._choice_for(payload)
             clip, vqgan = admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
             min_score = payload.get("min_score")
             seeded = self.generate_fn(
@@ -183,6 +216,11 @@ class Worker:
                                                                                           self.scorer), write))
         except LostJob as exc:
             log.warning("%s; leaving it to that worker", exc)
+            return
+        except Stopping:
+            # Not the job's fault: hand it back at once (no visibility wait) and keep its attempt count.
+            self.queue.release(job)
+            log.info("job %s handed back unfinished: the worker is stopping", job.id)
             return
         except Exception as exc:  # any failure is recorded on the job; the worker lives on
             error = f"{type(exc).__name__}: {exc}"
@@ -236,8 +274,10 @@ class Worker:
     def run(self, once: bool = False, idle_s: Optional[float] = None) -> None:
         """Loop until stopped (SIGTERM/SIGINT); `once`: drain the queue and top up, then return."""
         idle_s = self.cfg["WORKER_IDLE_S"] if idle_s is None else idle_s
-        log.info("worker %s started: judge %s, pool target %d fresh GAN targets, threshold %.3f",
-                 self.name, self.store.model_id, self.cfg["POOL_TARGET"], self.cfg["GAN_MIN_SCORE"])
+        choice = self.default_choice or self.prepare()
+        log.info("worker %s started: judge %s, generating with CLIP %s/%s and VQGAN %s; pool target %d fresh "
+                 "GAN targets, threshold %.3f", self.name, self.store.model_id, choice.clip_model,
+                 choice.clip_pretrained, choice.vqgan_model, self.cfg["POOL_TARGET"], self.cfg["GAN_MIN_SCORE"])
         self.heartbeat("idle")
         try:
             while not self.stop.is_set():
@@ -263,13 +303,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-top-up", action="store_true", help="only consume queued jobs")
     args = parser.parse_args(argv)
     from game import create_app
-    app = create_app()
+    from game.config import ConfigError
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        print(f"worker cannot start: {exc}", file=sys.stderr)
+        return 1
     with app.app_context():
         worker = Worker.from_app(app, name=args.name, top_up=not args.no_top_up)
-        # SIGTERM (Procfile managers, systemd) stops after the current step; the job is retried elsewhere.
+        # SIGTERM (Procfile managers, systemd) stops at the next step; the job goes back to the queue.
         signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
         try:
+            worker.prepare()
             worker.run(once=args.once)
+        except admin.AdminError as exc:
+            print(f"worker cannot start: {exc}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             pass
     return 0

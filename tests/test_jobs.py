@@ -141,3 +141,13 @@ def test_bad_settings_are_refused(r):
         JobQueue(r, max_attempts=0)
     with pytest.raises(ValueError):
         JobQueue(r, visibility_s=0)
+
+
+def test_released_job_is_claimable_at_once_without_using_an_attempt(r):
+    q = JobQueue(r, visibility_s=60)
+    job_id = q.enqueue({"prompt": "x"})
+    job = q.claim("stopping")
+    q.release(job)
+    assert q.get(job_id).status == "queued"
+    again = q.claim("other")
+    assert again.id == job_id and again.attempts == 1 and q.owner(again) == "other"

@@ -183,3 +183,32 @@ def test_bad_prompts_file_is_refused(tmp_path):
     bad.write_text("# fine\na cat:2\n")
     with pytest.raises(ValueError, match="prompt syntax"):
         load_prompts(bad)
+
+
+def test_stopping_mid_job_hands_the_job_back(app, store):
+    job_id = enqueue(app, "a moose in a canoe")
+    worker = make_worker(app, top_up=False)
+
+    def generate_until_stopped(store_, scorer, clip, vqgan, payload, defaults, *, on_step, **kwargs):
+        worker.stop.set()  # SIGTERM arrives during the run
+        on_step({"iteration": 0, "total": 4, "score": None, "it_s": 1.0})
+        raise AssertionError("on_step must stop the run")
+
+    worker.generate_fn = generate_until_stopped
+    assert worker.process_one()
+    assert worker.queue.get(job_id).status == "queued" and store.list_targets() == []
+    other = make_worker(app, "w2", top_up=False)
+    assert other.process_one()
+    job = other.queue.get(job_id)
+    assert job.status == "done" and job.worker == "w2" and job.attempts == 1
+
+
+def test_worker_falls_back_to_tiny_models_in_development_only(app, tmp_path):
+    app.config.update(CLIP_MODEL="ViT-B-32", CLIP_PRETRAINED="openai", VQGAN_MODEL="vqgan_imagenet_f16_16384",
+                      MODELS_DIR=str(tmp_path / "empty"))
+    worker = make_worker(app)
+    choice = worker.prepare()
+    assert (choice.clip_model, choice.vqgan_model) == ("test-tiny", "test-tiny")
+    app.config["ENV"] = "production"
+    with pytest.raises(admin.AdminError, match="not on this machine"):
+        make_worker(app).prepare()
