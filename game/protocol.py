@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import OrderedDict
 from typing import Optional
 
@@ -27,6 +28,7 @@ CLIENT_TYPES = ("hello", "draft", "submit", "subscribe", "hint", "ping")
 PUZZLE_ID = re.compile(r"^(\d{4}-\d{2}-\d{2})/(\d{1,3})$")
 MAX_SUBSCRIPTIONS = 16
 BOARD_LIMIT = 20
+PUZZLE_CACHE_S = 5.0
 
 
 class ProtocolError(Exception):
@@ -116,6 +118,7 @@ class Game:
         # Target embeddings never change once stored, so a per-process copy is a pure cache.
         self._embeddings: OrderedDict[str, object] = OrderedDict()
         self._emb_lock = threading.Lock()
+        self._puzzles: dict[str, tuple] = {}  # frozen puzzles by id -> (Puzzle, expiry)
 
     # -- lookups ---------------------------------------------------------------------------------
     def puzzle(self, puzzle_id: str, seq=None):
@@ -129,10 +132,22 @@ class Game:
             raise ProtocolError("unknown_puzzle", f"no puzzle {puzzle_id!r}: bad date", seq) from None
         if day > self.today():
             raise ProtocolError("not_yet", f"puzzle {puzzle_id} belongs to a future day", seq)
-        try:
-            puzzle = self.store.get_puzzle(puzzle_id)
-        except ValueError:
-            puzzle = None
+        now = time.monotonic()
+        puzzle, expires = self._puzzles.get(puzzle_id, (None, 0.0))
+        if puzzle is None or now > expires:
+            try:
+                puzzle = self.store.get_puzzle(puzzle_id)
+            except ValueError:
+                puzzle = None
+            # A frozen day keeps its puzzles (the store's SET NX snapshot), so a per-process copy
+            # saves a Redis round trip per keystroke. Past days never change; today's may still be
+            # rescheduled by an admin until its first submission, hence a few seconds' lifetime.
+            if puzzle is not None and puzzle.frozen:
+                ttl = PUZZLE_CACHE_S if day >= self.today() else float("inf")
+                with self._emb_lock:
+                    if len(self._puzzles) > 1024:
+                        self._puzzles.clear()
+                    self._puzzles[puzzle_id] = (puzzle, now + ttl)
         if puzzle is None:
             raise ProtocolError("unknown_puzzle", f"no puzzle {puzzle_id!r}", seq)
         return puzzle, day == self.today()
