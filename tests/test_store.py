@@ -234,7 +234,7 @@ def test_boards_match_a_simple_model_of_the_rules(redis_client, clock):
     scores = st.sampled_from([-0.1, 0.0, 0.1, 0.2, 0.2000001, 0.25, 0.3])  # few values: many ties
     plays = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 1), scores), min_size=1, max_size=25)
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(plays)
     def check(sequence):
         redis_client.flushall()
