@@ -217,6 +217,16 @@ def test_token_bucket_allows_a_burst_then_refuses(store):
         store.take_token("x", 0, 1)
 
 
+def test_token_bucket_refills_at_its_rate_up_to_the_burst(store, redis_client):
+    key = "cap:rl:submits:p1"
+    assert [store.take_token("submits:p1", 0.01, 2) for _ in range(3)] == [True, True, False]
+    # Move the bucket's last update 1000 s into the past: 10 tokens' worth, capped at the burst of 2.
+    ts = float(redis_client.hget(key, "ts"))
+    redis_client.hset(key, "ts", f"{ts - 1000:.6f}")
+    assert [store.take_token("submits:p1", 0.01, 2) for _ in range(3)] == [True, True, False]
+    assert redis_client.pttl(key) > 0  # idle buckets expire
+
+
 def test_publish_board_reaches_subscribers(store, redis_client):
     pubsub = redis_client.pubsub()
     pubsub.subscribe(store.board_channel("2026-06-15/1"))
