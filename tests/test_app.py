@@ -148,3 +148,48 @@ def test_submission_cap_over_http(client, seeded):
     over = client.post("/api/submit", json={"puzzle": p, "caption": "blue again"})
     assert over.status_code == 409 and over.get_json()["code"] == "over_cap"
     assert len(client.get("/api/state", query_string={"puzzle": p}).get_json()["puzzle"]["attempts"]) == 3
+
+
+def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
+    """`flask --app game play` on a fresh instance: embedded Redis, starter photos, gunicorn; Ctrl-C stops all."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+
+    from game import redis_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    instance = tmp_path / "fresh-install"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONARY_") and k != "REDIS_URL"}
+    env.update(CAPTIONARY_INSTANCE_PATH=str(instance), CAPTIONARY_CLIP_MODEL="test-tiny",
+               CAPTIONARY_CLIP_PRETRAINED="random")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "game", "play", "--port", str(port)],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        page = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                page = requests.get(f"http://127.0.0.1:{port}/", timeout=30)
+                break
+            except (requests.ConnectionError, requests.Timeout):  # gunicorn listens before its worker is up
+                time.sleep(0.5)
+        assert page is not None and page.status_code == 200, proc.stdout.read().decode() if proc.poll() else ""
+        assert page.text.count('class="card"') == 3  # the starter photos, with zero admin work
+        assert "Demo mode" in page.text
+        assert redis_server.is_running(str(instance))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    assert "Open http://127.0.0.1:" in out and "stopped the embedded Redis" in out
+    assert not redis_server.is_running(str(instance))
