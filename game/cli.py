@@ -136,9 +136,9 @@ def targets_seed(prompt, size, iterations, seeds, keep, seed, init_image, cutn, 
         return
     scorer = _ext("scorer")
     clip, vqgan = admin.load_models(choice, judge_clip=getattr(scorer, "clip", None))
-    for model in (clip, vqgan):
+    for kind, model in (("CLIP", clip), ("VQGAN", vqgan)):
         if not getattr(model, "is_pretrained", True):
-            click.secho(f"note: {model.model_id} has random weights; the image and its score are not real",
+            click.secho(f"note: {kind} {model.model_id} has random weights; the image and its score are not real",
                         fg="yellow", err=True)
     on_step, bar = _progress_printer(payload["iterations"])
     with bar:

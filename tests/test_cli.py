@@ -280,3 +280,26 @@ def test_add_photo_refuses_duplicates_and_bad_captions(cli, store, tmp_path):
     assert _failed(cli("targets", "add-photo", c, c), "same image")
     assert _failed(cli("targets", "add-photo", c, "--caption", "x" * 300), "--caption")
     assert len(store.list_targets()) == 1
+
+
+def test_seed_with_another_clip_stores_the_judges_self_score(cli, store, app, tmp_path):
+    # Generating with a different CLIP than the game's judge: the stored self-score (what players must
+    # beat) is the judge's cosine; the generator's own score is kept in the settings.
+    import numpy as np
+    import torch
+    from engine.clip_model import load_clip
+    other = load_clip("test-tiny", "random")
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.add_(0.05)
+    ckpt = tmp_path / "other-tiny.bin"
+    torch.save(other.model.state_dict(), ckpt)
+    result = cli("targets", "seed", "a tree growing out of a teacup", "--clip-model", "test-tiny",
+                 "--clip-pretrained", str(ckpt), "--vqgan-model", "test-tiny", *GEN)
+    assert result.exit_code == 0, result.output
+    [target] = store.list_targets(kind="gan")
+    assert target.settings["clip_model"] == "test-tiny/file:other-tiny.bin"
+    scorer = app.extensions["scorer"]
+    expected = float(np.dot(scorer.embed_texts([target.prompt])[0], store.target_embedding(target.id)))
+    assert target.self_score == pytest.approx(expected, abs=1e-5)
+    assert target.settings["generation_self_score"] != pytest.approx(target.self_score, abs=1e-6)
