@@ -230,11 +230,17 @@ def targets_jobs(status, limit):
     if not jobs:
         click.echo("no jobs")
         return
+    from game.worker import live_workers
+    alive = {w["name"] for w in live_workers(_ext("redis"))}
     now = time.time()
     rows = []
     for job in jobs:
         detail = job.target_id and f"target {job.target_id}" or job.error or ""
-        rows.append([job.id, job.status, job.attempts, f"{int(now - job.created_at)}s ago", job.worker or "-",
+        state = job.status
+        if state == "running":
+            # A dead worker's job reads "running" until another worker takes it over.
+            state = f"running {job.progress or ''}".strip() if job.worker in alive else "running (worker gone)"
+        rows.append([job.id, state, job.attempts, f"{int(now - job.created_at)}s ago", job.worker or "-",
                      _short(job.payload.get("prompt"), 36), _short(detail, 60)])
     _table(rows, ["JOB", "STATUS", "TRIES", "CREATED", "WORKER", "PROMPT", "RESULT / ERROR"])
     for job in jobs:  # failures in full: the error is what an admin needs to act on

@@ -26,7 +26,7 @@ import json
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import redis
@@ -73,7 +73,7 @@ class Job:
     finished_at: Optional[float] = None
     target_id: Optional[str] = None  # set when done
     entry: Optional[str] = None  # stream entry id (internal)
-    extra: dict = field(default_factory=dict)
+    progress: Optional[str] = None  # "iteration/total" as last reported by the running worker
 
     @classmethod
     def from_hash(cls, data: dict) -> "Job":
@@ -86,7 +86,7 @@ class Job:
                    attempts=num("attempts", int) or 0, error=d.get("error") or None, worker=d.get("worker") or None,
                    created_at=num("created_at") or 0.0, started_at=num("started_at"),
                    finished_at=num("finished_at"), target_id=d.get("target_id") or None,
-                   entry=d.get("entry") or None)
+                   entry=d.get("entry") or None, progress=d.get("progress") or None)
 
 
 def default_consumer_name() -> str:
@@ -228,7 +228,7 @@ class JobQueue:
             return None
         now = self.clock()
         self.r.hset(job_key(job.id), mapping={"status": "running", "worker": consumer, "attempts": attempts,
-                                               "started_at": now, "entry": entry_id})
+                                               "started_at": now, "entry": entry_id, "progress": ""})
         job.status, job.worker, job.attempts, job.started_at, job.entry = "running", consumer, attempts, now, entry_id
         return job
 

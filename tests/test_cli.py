@@ -303,3 +303,19 @@ def test_seed_with_another_clip_stores_the_judges_self_score(cli, store, app, tm
     expected = float(np.dot(scorer.embed_texts([target.prompt])[0], store.target_embedding(target.id)))
     assert target.self_score == pytest.approx(expected, abs=1e-5)
     assert target.settings["generation_self_score"] != pytest.approx(target.self_score, abs=1e-6)
+
+
+def test_jobs_shows_progress_of_live_workers_and_flags_dead_ones(cli, app):
+    from game.jobs import JobQueue
+    from game.worker import Worker
+    redis = app.extensions["redis"]
+    queue = JobQueue(redis)
+    a = queue.enqueue({"prompt": "job of a live worker"})
+    b = queue.enqueue({"prompt": "job of a dead worker"})
+    live = Worker.from_app(app, name="live-worker", top_up=False)
+    job_a = queue.claim("live-worker")
+    redis.hset(f"captionary:jobs:job:{job_a.id}", "progress", "12/40")
+    live.heartbeat("working", job_a, "12/40")
+    queue.claim("dead-worker")  # no heartbeat: killed
+    lines = {line.split()[0]: line for line in cli("targets", "jobs").output.splitlines()[1:]}
+    assert "running 12/40" in lines[a] and "running (worker gone)" in lines[b]
