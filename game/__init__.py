@@ -10,7 +10,6 @@ free of cycles.
 """
 from __future__ import annotations
 
-import datetime as dt
 import importlib.util
 import logging
 import os
@@ -33,13 +32,6 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.from_mapping(test_config)
     cfg.finish(app.config, app.instance_path)
     os.makedirs(app.instance_path, exist_ok=True)
-    app.config.update(
-        SESSION_COOKIE_NAME="captionary",
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        PERMANENT_SESSION_LIFETIME=dt.timedelta(days=400),
-        MAX_CONTENT_LENGTH=64 * 1024,  # HTTP bodies: JSON actions and the nickname form only
-    )
     _logging(app)
 
     from game import models, redis_server
@@ -72,6 +64,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     api.init_app(app)
     ws.init_app(app)
     serve.init_app(app)
+    from game import ops, security  # hardening: /healthz /readyz /metrics, JSON logs, SIGTERM drain; headers
+    ops.init_app(app)
+    security.init_app(app)
     if importlib.util.find_spec("game.cli") is not None:
         from game import cli
         cli.init_app(app)
@@ -93,5 +88,8 @@ def _import_starter_photos(app, store, scorer) -> None:
 
 
 def _logging(app) -> None:
-    if not logging.getLogger("captionary").handlers and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Our own loggers at INFO (demo-mode warnings, imports); third-party chatter at WARNING."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("captionary", "game", "engine"):
+        logging.getLogger(name).setLevel(logging.INFO)

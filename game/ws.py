@@ -11,6 +11,7 @@ process reaches every browser watching that puzzle.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -133,19 +134,27 @@ def websocket(ws):
     game, hub = app.extensions["game"], app.extensions["board_hub"]
     max_bytes = app.config["MAX_FRAME_BYTES"]
     conn = Connection(ws, session["player"])
+    # game/ops.py (graceful SIGTERM): tracks open sockets; while draining, each is closed with
+    # 1012 once its current batch is answered, so in-flight drafts and submissions finish.
+    drain = app.extensions.get("drain")
+    if drain is not None and not drain.opened(conn):
+        return
     try:
         while True:
             first = ws.receive()
-            if first is None:
-                break
+            if first is None or (drain is not None and drain.closed_by_drain(conn)):
+                break  # (a frame still buffered after our 1012 close could never be answered)
             batch = [first]
             # Whatever else already arrived is handled together: a newer draft overtakes older ones.
             while (more := ws.receive(timeout=0)) is not None:
                 batch.append(more)
-            for reply in handle_batch(game, hub, conn, batch, max_bytes):
-                if not conn.send(reply):
-                    return
+            with drain.busy(conn) if drain is not None else contextlib.nullcontext():
+                for reply in handle_batch(game, hub, conn, batch, max_bytes):
+                    if not conn.send(reply):
+                        return
     finally:
+        if drain is not None:
+            drain.closed(conn)
         hub.remove(conn)
         scorer = app.extensions["scorer"]
         for stream in conn.streams:  # a closed socket's cached prefixes are dead weight
