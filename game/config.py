@@ -37,12 +37,19 @@ DEFAULTS: dict = {
     "IMPORT_STARTER_PHOTOS": True,  # import assets/photos on first start (idempotent)
     "SCORER_BATCH_WINDOW_MS": 2.0,
     "TORCH_THREADS": None,  # None -> torch's default
+    # Flask's own settings, here so CAPTIONARY_SESSION_COOKIE_SECURE=true etc. can override them.
+    "SESSION_COOKIE_NAME": "captionary",
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",  # cross-site POSTs carry no cookie: no CSRF on the nickname form
+    "SESSION_COOKIE_SECURE": False,  # set true behind HTTPS
+    "PERMANENT_SESSION_LIFETIME": 400 * 86400,  # seconds: an anonymous player lasts as long as browsers allow
+    "MAX_CONTENT_LENGTH": 64 * 1024,  # HTTP bodies: JSON actions and the nickname form only
 }
 
 _INT_KEYS = ("PUZZLES_PER_DAY", "MAX_SUBMISSIONS", "MAX_CAPTION_CHARS", "MAX_FRAME_BYTES",
              "DRAFT_BURST", "SUBMIT_BURST")
 _FLOAT_KEYS = ("DRAFT_RATE", "SUBMIT_RATE", "SCORER_BATCH_WINDOW_MS")
-_BOOL_KEYS = ("DEMO_FALLBACK", "IMPORT_STARTER_PHOTOS")
+_BOOL_KEYS = ("DEMO_FALLBACK", "IMPORT_STARTER_PHOTOS", "SESSION_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY")
 
 
 class ConfigError(RuntimeError):

@@ -273,8 +273,13 @@ class Game:
     def board(self, puzzle_id: str, viewer: Optional[str] = None) -> dict:
         puzzle, ranked = self.puzzle(puzzle_id)
         entries = self.store.leaderboard(puzzle.id, limit=BOARD_LIMIT, with_captions=not ranked)
-        return {"type": "board", "puzzle": puzzle.id, "entries": [board_entry(e, viewer) for e in entries],
-                "captions_hidden": ranked}
+        rows = [board_entry(e, viewer) for e in entries]
+        if entries:  # who used the hint is public: the board shows it next to their score
+            used = self.store.r.hmget(hint_key(self.store.model_id, puzzle.id), [e.player_id for e in entries])
+            for row, mark in zip(rows, used):
+                if mark is not None:
+                    row["hint"] = True
+        return {"type": "board", "puzzle": puzzle.id, "entries": rows, "captions_hidden": ranked}
 
     def publish_board(self, puzzle_id: str) -> None:
         """Tell every web process (Redis pub/sub) that this puzzle's board changed."""

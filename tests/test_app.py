@@ -101,6 +101,8 @@ def test_http_actions_match_the_websocket_ones(client, seeded):
     assert daily["entries"][0]["score"] == pytest.approx(result["score"], abs=1e-6)
     hint = client.post("/api/hint", json={"puzzle": p}).get_json()
     assert hint["word"] == seeded[0].hint_word
+    # Using the hint is public: the board marks it next to the score.
+    assert client.get("/api/board", query_string={"puzzle": p}).get_json()["entries"][0]["hint"] is True
     state = client.get("/api/state", query_string={"puzzle": p}).get_json()
     assert state["puzzle"]["hint"] == hint["word"] and state["puzzle"]["attempts"][0]["caption"] == "a red square"
     nick = client.post("/api/nickname", json={"nickname": "Ada L"}).get_json()

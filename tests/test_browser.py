@@ -135,6 +135,8 @@ def test_second_browser_sees_the_board_update_without_reloading(live_server, see
     assert "Grace" in row and "secret" not in row
     board_page.wait_for_selector(f'[data-board="{p.id}"] li')
     assert "Grace" in board_page.locator(f'[data-board="{p.id}"]').inner_text()
+    board_page.wait_for_selector("[data-daily] li")  # the day's sums follow the push too
+    assert "Grace" in board_page.locator("[data-daily]").inner_text()
     shot(board_page, "leaderboard")
     assert watcher.console_errors == [] and board_page.console_errors == []
 

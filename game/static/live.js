@@ -100,6 +100,12 @@ window.CaptionaryLive = (function () {
       const nm = document.createElement("span"); nm.className = "nm"; nm.textContent = e.nickname;
       const sc = document.createElement("span"); sc.className = "sc"; sc.textContent = Number(e.score).toFixed(4);
       li.append(rk, " ", nm, " ", sc);
+      if (e.hint) {
+        const h = document.createElement("span"); h.className = "hint-mark"; h.title = "used the hint";
+        const sr = document.createElement("span"); sr.className = "sr-only"; sr.textContent = " used the hint";
+        h.append("💡", sr);
+        li.append(" ", h);
+      }
       if (showCaptions && e.caption !== undefined) {
         const q = document.createElement("q"); q.className = "cap"; q.textContent = e.caption;
         li.append(" ", q);
