@@ -170,6 +170,14 @@ class Worker:
     def _forget_heartbeat(self) -> None:
         self.r.delete(f"{WORKERS_SET}:{self.name}")
         self.r.srem(WORKERS_SET, self.name)
+        # Each process is a new consumer name; drop ours from the group when it holds nothing
+        # (deleting a consumer with pending entries would orphan them, so never then).
+        from game.jobs import GROUP, STREAM
+        try:
+            if not self.r.xpending_range(STREAM, GROUP, "-", "+", 1, consumername=self.name):
+                self.r.xgroup_delconsumer(STREAM, GROUP, self.name)
+        except Exception as exc:  # shutting down: a failure here must not hide the real exit reason
+            log.debug("could not remove consumer %s: %s", self.name, exc)
 
     # -- jobs -------------------------------------------------------------
     def process_one(self, block_ms: int = 0) -> bool:

@@ -197,6 +197,7 @@ def test_stopping_mid_job_hands_the_job_back(app, store):
     worker.generate_fn = generate_until_stopped
     assert worker.process_one()
     assert worker.queue.get(job_id).status == "queued" and store.list_targets() == []
+    worker._forget_heartbeat()  # the stopping worker exits: its handed-back entry must survive that
     other = make_worker(app, "w2", top_up=False)
     assert other.process_one()
     job = other.queue.get(job_id)
@@ -212,3 +213,15 @@ def test_worker_falls_back_to_tiny_models_in_development_only(app, tmp_path):
     app.config["ENV"] = "production"
     with pytest.raises(admin.AdminError, match="not on this machine"):
         make_worker(app).prepare()
+
+
+def test_flask_worker_run_once_processes_the_queue_and_leaves_the_group_clean(app, store):
+    from game.jobs import GROUP, STREAM
+    job_id = enqueue(app, "a duck wearing a crown")
+    result = app.test_cli_runner().invoke(args=["worker", "run", "--once", "--name", "cli-worker"])
+    assert result.exit_code == 0, result.output
+    job = JobQueue(app.extensions["redis"]).get(job_id)
+    assert job.status == "done" and job.worker == "cli-worker"
+    consumers = [c["name"] for c in app.extensions["redis"].xinfo_consumers(STREAM, GROUP)]
+    assert b"cli-worker" not in consumers and "cli-worker" not in consumers
+    assert len(store.list_targets(kind="gan")) == 1  # K=1: the queued job's target fills the pool
