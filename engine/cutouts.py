@@ -56,11 +56,14 @@ def make_cutouts(images: torch.Tensor, thetas: torch.Tensor, cut_size: int) -> t
     """Cut images (B, C, H, W) with thetas (B, cutn, 2, 3): (B * cutn, C, s, s), image-major order."""
     b, c, _, _ = images.shape
     cutn = thetas.shape[1]
-    grids = F.affine_grid(thetas.reshape(b * cutn, 2, 3).to(images.dtype), [b * cutn, c, cut_size, cut_size],
-                          align_corners=False)
-    # Stack one image's grids vertically: (B, cutn * s, s, 2) samples the image once per call.
-    grids = grids.view(b, cutn * cut_size, cut_size, 2)
-    out = F.grid_sample(images, grids, mode="bilinear", padding_mode="border", align_corners=False)
+    # Sampling positions in bf16 would be off by up to a pixel (8-bit mantissa): fp32 here,
+    # whatever autocast says; CLIP, which follows, is where reduced precision pays.
+    with torch.autocast(images.device.type, enabled=False):
+        grids = F.affine_grid(thetas.reshape(b * cutn, 2, 3).float(), [b * cutn, c, cut_size, cut_size],
+                              align_corners=False)
+        # Stack one image's grids vertically: (B, cutn * s, s, 2) samples the image once per call.
+        grids = grids.view(b, cutn * cut_size, cut_size, 2)
+        out = F.grid_sample(images.float(), grids, mode="bilinear", padding_mode="border", align_corners=False)
     return out.view(b, c, cutn, cut_size, cut_size).transpose(1, 2).reshape(b * cutn, c, cut_size, cut_size)
 
 

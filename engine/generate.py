@@ -27,6 +27,7 @@ Nothing here keeps module state; everything a run needs is in its arguments.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,8 @@ from PIL import Image
 from engine import cutouts as cut
 from engine.images import open_user_image, png_with_metadata
 from engine.prompts import Prompt, parse_image_prompt, parse_schedule, score_text_of, segment_at
+
+log = logging.getLogger(__name__)
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 16, 2048, 16
 MAX_ITERATIONS = 100_000
@@ -340,15 +343,22 @@ def _check_models(config: GenerationConfig, clip, vqgan) -> None:
             raise ValueError(f"size {size} is not a multiple of the VQGAN's factor {vqgan.factor}")
 
 
-def generate(config: GenerationConfig, clip, vqgan, *, on_step: Optional[Callable[[StepInfo], None]] = None
-             ) -> GenerationResult:
-    """Run one generation (see the module docstring). Bad input raises ValueError before any model work."""
+def generate(config: GenerationConfig, clip, vqgan, *, on_step: Optional[Callable[[StepInfo], None]] = None,
+             scorer=None) -> GenerationResult:
+    """Run one generation (see the module docstring). Bad input raises ValueError before any model work.
+
+    `scorer`: the game's engine.scorer.Scorer for the same CLIP, if the caller has one;
+    the final self-score then comes from it. Without it the score comes from the
+    reference methods the Scorer reproduces (equal within 1e-5).
+    """
     _check_models(config, clip, vqgan)
+    if scorer is not None and scorer.model_id != clip.model_id:
+        raise ValueError(f"scorer is for {scorer.model_id}, the generation's CLIP is {clip.model_id}")
     init_pil = open_user_image(config.init_image, "init image") if config.init_image is not None else None
     prompt_pils = [open_user_image(p.text, "image prompt") for p in config.parsed_image_prompts()]
     failure = None
     try:
-        return _generate(_Run(config, clip, vqgan, on_step, init_pil, prompt_pils))
+        return _generate(_Run(config, clip, vqgan, on_step, init_pil, prompt_pils), scorer)
     except torch.OutOfMemoryError as exc:
         failure = str(exc).splitlines()[0][:200]
     except RuntimeError as exc:  # the CPU allocator reports OOM as a plain RuntimeError
@@ -363,7 +373,7 @@ def generate(config: GenerationConfig, clip, vqgan, *, on_step: Optional[Callabl
         f"try a smaller size, fewer cutouts (cutn), fewer seeds, or checkpointing=True ({failure})")
 
 
-def _generate(run: _Run) -> GenerationResult:
+def _generate(run: _Run, scorer=None) -> GenerationResult:
     c, device = run.c, run.device
     t0 = time.perf_counter()
     seeds = [c.seed + i for i in range(c.seeds)]
@@ -441,10 +451,21 @@ def _generate(run: _Run) -> GenerationResult:
     best = max(range(len(alive)), key=lambda k: scores[k])
     winner = candidates[alive[best]]
     image, self_score = pils[best], scores[best]
+    if scorer is not None:
+        self_score = _scorer_score(scorer, run.score_text, image, self_score)
     history.append((c.iterations, self_score))
     elapsed = time.perf_counter() - t0
     pretrained = bool(run.clip.is_pretrained and run.vq_pretrained)
     return _finish(run, image, self_score, winner["seed"], history, candidates, elapsed, pretrained)
+
+
+def _scorer_score(scorer, text: str, image: Image.Image, fallback: float) -> float:
+    """The game scorer's cosine for (text, image); a prompt it refuses as a caption keeps `fallback`."""
+    try:
+        return scorer.score(text, scorer.embed_image(image))
+    except ValueError as exc:  # CaptionError: e.g. a prompt longer than a caption may be
+        log.info("self-score via the reference path: the scorer refused the prompt (%s)", exc)
+        return fallback
 
 
 def _finish(run: _Run, image, self_score, seed, history, candidates, elapsed, pretrained) -> GenerationResult:

@@ -202,3 +202,21 @@ def test_batched_cutouts_match_one_resize_per_cutout():
     size, ox, oy = sampled.unbind(1)
     assert size.min() >= 24 and size.max() <= 40
     assert (ox >= 0).all() and (ox + size <= 56).all() and (oy >= 0).all() and (oy + size <= 40).all()
+
+
+def test_self_score_through_the_game_scorer(clip, vqgan):
+    from engine.scorer import Scorer
+    plain, _ = run(clip, vqgan, seed=4)
+    with Scorer(clip, num_threads=torch.get_num_threads()) as scorer:
+        scored = generate(GenerationConfig("a red barn", size=64, iterations=6, cutn=4, score_every=0, seed=4),
+                          clip, vqgan, scorer=scorer)
+        assert scored.self_score == pytest.approx(scorer.score("a red barn", scorer.embed_image(scored.image)))
+    assert np.array_equal(pixels(plain.image), pixels(scored.image))
+    assert scored.self_score == pytest.approx(plain.self_score, abs=1e-5)
+
+
+def test_bf16_autocast_path_runs_on_cpu(clip, vqgan):
+    # The GPU default is bf16 autocast; its dtype handling is exercised here on CPU.
+    result, steps = run(clip, vqgan, precision="bf16", iterations=3, seeds=2, checkpoint_step=2)
+    assert len(steps) == 3 and all(np.isfinite(s.loss) for s in steps)
+    assert -1.0 <= result.self_score <= 1.0
