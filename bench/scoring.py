@@ -14,8 +14,9 @@ as trained weights; the scores themselves mean nothing), on CPU, in one run:
 
 Prints rates, ratios, p50/p99 latencies and the largest |score difference| from
 the naive path over all of (b) and (c) (scores = cosine with a fixed unit image
-embedding). Ratios compare numbers measured in the same run, so a busy machine
-moves both sides. The last line is machine-readable:
+embedding). Ratios compare numbers measured in the same run, and the naive and
+engine measurements alternate in rounds, so a machine shared with other work
+slows both sides alike. The last line is machine-readable:
 
   scoring: naive=<x>/s engine=<y>/s ratio=<r> typing_ratio=<t> p99_ms=<p> max_abs_diff=<d>
 
@@ -128,39 +129,39 @@ def typing_drafts(caption: str, rng: random.Random, every: int = 4) -> list[str]
 
 
 # ---- measurement --------------------------------------------------------------
-def naive(clip, captions: list[str]) -> tuple[np.ndarray, float]:
-    """open_clip's own path, one caption at a time: (embeddings, captions/s)."""
+def naive(clip, captions: list[str], out: np.ndarray, indices) -> float:
+    """open_clip's own path, one caption at a time, into out[indices]: seconds taken."""
     model, tok = clip.model, clip.tokenizer
-    out = np.empty((len(captions), clip.embed_dim), dtype=np.float32)
     start = time.perf_counter()
     with torch.inference_mode():
-        for i, c in enumerate(captions):
+        for i, c in zip(indices, captions):
             out[i] = torch.nn.functional.normalize(model.encode_text(tok([c])).float(), dim=-1)[0].numpy()
-    return out, len(captions) / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
-def concurrent(scorer: Scorer, work: list[list[tuple[int, str]]], streams: bool, n_total: int):
-    """Run each worker's (index, caption) list in its own thread: (embeddings, per-second, latencies ms)."""
-    out = np.empty((n_total, scorer.embed_dim), dtype=np.float32)
+def concurrent(scorer: Scorer, work: list[list[tuple[int, str]]], stream_prefix: str | None,
+               out: np.ndarray) -> tuple[float, list[float]]:
+    """Run each caller's (index, caption) list in its own thread, into out[index]: (seconds, latencies ms)."""
     latencies: list[float] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
+    work = [items for items in work if items]
     barrier = threading.Barrier(len(work) + 1)
 
-    def worker(w: int, items):
+    def caller(w: int, items):
         mine = []
         barrier.wait()
         try:
             for index, caption in items:
                 t0 = time.perf_counter()
-                out[index] = scorer.embed_text(caption, stream=f"player-{w}" if streams else None)
+                out[index] = scorer.embed_text(caption, stream=f"{stream_prefix}-{w}" if stream_prefix else None)
                 mine.append((time.perf_counter() - t0) * 1000)
         except BaseException as exc:  # reported below; a silent thread would fake the rate
             errors.append(exc)
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker, args=(w, items)) for w, items in enumerate(work)]
+    threads = [threading.Thread(target=caller, args=(w, items)) for w, items in enumerate(work)]
     for t in threads:
         t.start()
     barrier.wait()
@@ -170,7 +171,7 @@ def concurrent(scorer: Scorer, work: list[list[tuple[int, str]]], streams: bool,
     elapsed = time.perf_counter() - start
     if errors:
         raise errors[0]
-    return out, n_total / elapsed, np.array(latencies)
+    return elapsed, latencies
 
 
 def score_diff(a: np.ndarray, b: np.ndarray, image: np.ndarray) -> float:
@@ -184,9 +185,11 @@ def main(argv=None) -> int:
     parser.add_argument("--players", type=int, default=32, help="concurrent callers / typing players")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for both paths (default: the scorer's, cores - 1)")
     args = parser.parse_args(argv)
-    n_captions = args.captions or (128 if args.quick else 500)
+    n_captions = args.captions or (128 if args.quick else 512)
+    typing_rounds = 1 if args.quick else 2
     max_typing_words = 8 if args.quick else 14
 
     threads = configure_torch_threads(args.threads)  # before anything runs: both paths use the same
@@ -198,7 +201,8 @@ def main(argv=None) -> int:
     image /= np.linalg.norm(image)
 
     captions = make_captions(n_captions, args.seed)
-    typed = make_captions(args.players, args.seed + 1, min_words=max_typing_words - 4, max_words=max_typing_words)
+    typed = make_captions(args.players * typing_rounds, args.seed + 1,
+                          min_words=max_typing_words - 4, max_words=max_typing_words)
     trng = random.Random(args.seed + 2)
     drafts_per_player, seen = [], set()
     for c in typed:  # no draft repeated across players either: no caption-cache hits
@@ -207,36 +211,57 @@ def main(argv=None) -> int:
     all_drafts = [d for ds in drafts_per_player for d in ds]
     words = [len(c.split()) for c in captions]
     print(f"captions: {len(captions)} distinct, {min(words)}-{max(words)} words (mean {np.mean(words):.1f}); "
-          f"typing: {len(typed)} players, {len(all_drafts)} drafts")
+          f"typing: {len(typed)} players in {typing_rounds} round(s) of {args.players}, {len(all_drafts)} drafts")
+    # Other processes may share the CPU: naive and engine alternate in rounds so
+    # both see the same load, and the ratios compare like with like.
 
     warm = make_captions(16, args.seed + 99)
-    naive(clip, warm[:4])
+    dim = clip.embed_dim
+    naive(clip, warm[:4], np.empty((4, dim), np.float32), range(4))
 
-    # (a) naive
-    ref_b, naive_rate = naive(clip, captions)
-    print(f"(a) naive: {naive_rate:.1f} captions/s")
-
-    # (b) engine, concurrent callers, no stream keys
+    # (a) naive and (b) engine with concurrent callers, no stream keys, in alternating rounds
+    ref_b, got_b = (np.empty((len(captions), dim), np.float32) for _ in range(2))
+    t_naive_b = t_engine_b = 0.0
+    lat_b: list[float] = []
     with Scorer(clip, num_threads=threads, max_caption_chars=1000) as scorer:
         scorer.embed_texts(warm)
-        work = [[(i, captions[i]) for i in range(w, len(captions), args.players)] for w in range(args.players)]
-        got_b, engine_rate, lat_b = concurrent(scorer, work, streams=False, n_total=len(captions))
+        for chunk in np.array_split(np.arange(len(captions)), max(1, len(captions) // 128)):
+            t_naive_b += naive(clip, [captions[i] for i in chunk], ref_b, chunk)
+            work = [[(int(i), captions[i]) for i in chunk[w::args.players]] for w in range(args.players)]
+            elapsed, lat = concurrent(scorer, work, None, got_b)
+            t_engine_b += elapsed
+            lat_b += lat
         stats_b = scorer.stats()
+    naive_rate, engine_rate = len(captions) / t_naive_b, len(captions) / t_engine_b
     ratio = engine_rate / naive_rate
+    print(f"(a) naive: {naive_rate:.1f} captions/s")
     print(f"(b) engine: {engine_rate:.1f} captions/s ({ratio:.2f}x naive); latency p50 "
           f"{np.percentile(lat_b, 50):.1f} ms, p99 {np.percentile(lat_b, 99):.1f} ms; "
           f"{stats_b['batches']} batches")
 
-    # (c) typing with stream keys, then the naive path on the same drafts
+    # (c) typing with stream keys; the naive path on the same drafts before and after each round
+    ref_c, got_c = (np.empty((len(all_drafts), dim), np.float32) for _ in range(2))
+    t_naive_c = t_engine_c = 0.0
+    lat_c: list[float] = []
     with Scorer(clip, num_threads=threads, max_caption_chars=1000) as scorer:
         scorer.embed_texts(warm)
-        index, work = 0, []
-        for ds in drafts_per_player:
-            work.append([(index + j, d) for j, d in enumerate(ds)])
-            index += len(ds)
-        got_c, typing_rate, lat_c = concurrent(scorer, work, streams=True, n_total=len(all_drafts))
+        index = 0
+        for r in range(typing_rounds):
+            work = []
+            for ds in drafts_per_player[r * args.players:(r + 1) * args.players]:
+                work.append([(index + j, d) for j, d in enumerate(ds)])
+                index += len(ds)
+            flat = [item for items in work for item in items]
+            half = len(flat) // 2
+            for part in (flat[:half], None, flat[half:]):
+                if part is None:
+                    elapsed, lat = concurrent(scorer, work, f"round{r}-player", got_c)
+                    t_engine_c += elapsed
+                    lat_c += lat
+                else:
+                    t_naive_c += naive(clip, [d for _, d in part], ref_c, [i for i, _ in part])
         stats_c = scorer.stats()
-    ref_c, naive_c_rate = naive(clip, all_drafts)
+    typing_rate, naive_c_rate = len(all_drafts) / t_engine_c, len(all_drafts) / t_naive_c
     typing_ratio = typing_rate / naive_c_rate
     reused = stats_c["tokens_reused"] / max(1, stats_c["tokens_reused"] + stats_c["tokens_computed"])
     print(f"(c) typing: {typing_rate:.1f} drafts/s vs naive {naive_c_rate:.1f} drafts/s ({typing_ratio:.2f}x); "
