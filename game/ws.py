@@ -30,6 +30,7 @@ sock = Sock()
 # A frame this large is closed by the websocket layer itself (1009); anything
 # between MAX_FRAME_BYTES and this gets a "too_big" error and the socket stays open.
 HARD_FRAME_LIMIT = 1 << 20
+MAX_BATCH = 64  # frames read before answering: a flooding client cannot make one batch grow forever
 
 
 class Connection:
@@ -146,7 +147,7 @@ def websocket(ws):
                 break  # (a frame still buffered after our 1012 close could never be answered)
             batch = [first]
             # Whatever else already arrived is handled together: a newer draft overtakes older ones.
-            while (more := ws.receive(timeout=0)) is not None:
+            while len(batch) < MAX_BATCH and (more := ws.receive(timeout=0)) is not None:
                 batch.append(more)
             with drain.busy(conn) if drain is not None else contextlib.nullcontext():
                 for reply in handle_batch(game, hub, conn, batch, max_bytes):
