@@ -74,6 +74,8 @@ def _short(text: Optional[str], width: int = 48) -> str:
 
 # -- targets --------------------------------------------------------------
 
+_D = admin.SETTING_DEFAULTS
+
 targets = AppGroup("targets", help="Seed, add, list, schedule, export and import puzzle targets.")
 
 
@@ -106,13 +108,17 @@ def _progress_printer(iterations: int):
 
 @targets.command("seed")
 @click.argument("prompt")
-@click.option("--size", type=int, default=None, help="Image side in pixels, a multiple of 16 [GEN_SIZE].")
-@click.option("--iterations", type=int, default=None, help="Optimisation steps [GEN_ITERATIONS].")
-@click.option("--seeds", type=int, default=None, help="Best-of-N: seeds started together [GEN_SEEDS].")
-@click.option("--keep", type=int, default=None, help="Seeds kept after the checkpoint step [GEN_KEEP].")
+@click.option("--size", type=int, default=None,
+              help=f"Image side in pixels, a multiple of 16 [CAPTIONARY_GEN_SIZE, {_D['GEN_SIZE']}].")
+@click.option("--iterations", type=int, default=None,
+              help=f"Optimisation steps [CAPTIONARY_GEN_ITERATIONS, {_D['GEN_ITERATIONS']}].")
+@click.option("--seeds", type=int, default=None,
+              help=f"Best-of-N: seeds started together [CAPTIONARY_GEN_SEEDS, {_D['GEN_SEEDS']}].")
+@click.option("--keep", type=int, default=None,
+              help=f"Seeds kept after the checkpoint step [CAPTIONARY_GEN_KEEP, {_D['GEN_KEEP']}].")
 @click.option("--seed", type=int, default=None, help="Random seed (same seed + settings -> same image).")
 @click.option("--init-image", type=click.Path(dir_okay=False), default=None, help="Start from this image.")
-@click.option("--cutn", type=int, default=None, help="Cutouts per step [GEN_CUTN].")
+@click.option("--cutn", type=int, default=None, help=f"Cutouts per step [CAPTIONARY_GEN_CUTN, {_D['GEN_CUTN']}].")
 @click.option("--clip-model", default=None, help="CLIP architecture [CAPTIONARY_CLIP_MODEL], e.g. test-tiny.")
 @click.option("--clip-pretrained", default=None, help="CLIP weights tag or file [CAPTIONARY_CLIP_PRETRAINED].")
 @click.option("--vqgan-model", default=None, help="VQGAN model [CAPTIONARY_VQGAN_MODEL], e.g. test-tiny.")
@@ -121,7 +127,11 @@ def _progress_printer(iterations: int):
 @admin_errors
 def targets_seed(prompt, size, iterations, seeds, keep, seed, init_image, cutn, clip_model, clip_pretrained,
                  vqgan_model, min_score, to_queue):
-    """Generate a GAN target from PROMPT now (or --queue it) and add it to the pool."""
+    """Generate a GAN target from PROMPT.
+
+    Generates here with a progress bar and adds the image to the pool with its
+    self-score (or, with --queue, leaves the job to the workers).
+    """
     cfg = _settings()
     payload = admin.job_payload(
         prompt, size=_or(size, cfg["GEN_SIZE"]), iterations=_or(iterations, cfg["GEN_ITERATIONS"]),
@@ -157,7 +167,11 @@ def targets_seed(prompt, size, iterations, seeds, keep, seed, init_image, cutn, 
 @click.option("--attribution", default=None, help="Author and licence, shown with the photo.")
 @admin_errors
 def targets_add_photo(paths, caption, title, attribution):
-    """Validate, normalise, embed and add photos to the pool (all or none)."""
+    """Add photos to the pool (all or none).
+
+    Each file is validated (format, pixel count, file size, decompression
+    bombs) and normalised before any is added.
+    """
     added = admin.add_photos(_ext("store"), _ext("scorer"), list(paths), caption=caption, title=title,
                              attribution=attribution)
     for path, target_id in zip(paths, added):
@@ -197,7 +211,11 @@ def targets_show(target_id):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @admin_errors
 def targets_remove(target_id, yes):
-    """Remove a target from the pool (past days' boards and reveals stay as they were)."""
+    """Remove a target from the pool.
+
+    Past days keep their puzzles, boards and reveals; future days that used
+    the target are chosen again.
+    """
     store = _ext("store")
     target = admin.get_target_or_fail(store, target_id)
     label = getattr(target, "prompt", None) or getattr(target, "title", None) or target.kind
@@ -214,7 +232,7 @@ def targets_remove(target_id, yes):
 @click.argument("target_ids", nargs=-1, required=True)
 @admin_errors
 def targets_schedule(date, target_ids):
-    """Make the given targets the puzzles of DATE (YYYY-MM-DD, today or later)."""
+    """Set the puzzles of DATE (YYYY-MM-DD, today or later)."""
     puzzles = admin.schedule(_ext("store"), date, target_ids)
     for puzzle in puzzles:
         click.echo(f"{puzzle.id}  target {puzzle.target_id}")
@@ -225,7 +243,7 @@ def targets_schedule(date, target_ids):
 @click.option("--limit", type=int, default=50, show_default=True)
 @admin_errors
 def targets_jobs(status, limit):
-    """List generation jobs: queued, running, done and failed (with their errors)."""
+    """List generation jobs and their errors."""
     jobs = _queue().list_jobs(status=status, limit=limit)
     if not jobs:
         click.echo("no jobs")
@@ -252,7 +270,11 @@ def targets_jobs(status, limit):
 @click.argument("directory", type=click.Path(file_okay=False))
 @admin_errors
 def targets_export(directory):
-    """Write targets, images, embeddings, schedule and boards to DIRECTORY."""
+    """Back up targets and boards to DIRECTORY.
+
+    Writes targets, images, embeddings, puzzle days, players, submissions and
+    boards as files (manifest.json, keys.jsonl, images/*.png).
+    """
     from game import backup
     summary = backup.export_all(_ext("redis"), directory)
     click.echo(f"exported {summary} to {directory}")
@@ -264,7 +286,11 @@ def targets_export(directory):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --replace.")
 @admin_errors
 def targets_import(directory, replace, yes):
-    """Restore an export into this (empty) Redis: everything or nothing."""
+    """Restore a backup into an empty Redis.
+
+    Every file is checked before anything is written; then all keys are
+    written in one transaction: everything or nothing.
+    """
     from game import backup
     if replace and not yes and not click.confirm("delete all game data in this Redis and import the backup?"):
         raise CommandError("nothing imported")
@@ -304,7 +330,7 @@ models = AppGroup("models", help="List, download and check model weights.")
 @models.command("list")
 @admin_errors
 def models_list():
-    """List the models the registry knows, and which are here."""
+    """List the known models and which are here."""
     rows = [[r["name"], r["kind"], f"{r['size_mb']} MB" if r["size_mb"] else "?", "yes" if r["present"] else "no",
              _short(r["description"], 60)] for r in admin.models_table(_models_dir())]
     _table(rows, ["NAME", "KIND", "SIZE", "PRESENT", "DESCRIPTION"])
@@ -315,7 +341,7 @@ def models_list():
 @click.argument("name")
 @admin_errors
 def models_download(name):
-    """Download NAME's weights with a progress bar and verify them."""
+    """Download and verify the weights of NAME."""
     state = {"bar": None, "done": 0}
 
     def progress(done: int, total: Optional[int]) -> None:
@@ -337,7 +363,7 @@ def models_download(name):
 @models.command("check")
 @admin_errors
 def models_check():
-    """Say which weight files are present, which are missing, and where they are expected."""
+    """Show which weight files are here and where."""
     rows = admin.models_check(_models_dir())
     _table([[r["name"], r["file"], "present" if r["present"] else "MISSING", r["path"]] for r in rows],
            ["NAME", "FILE", "STATE", "EXPECTED AT"])
@@ -357,7 +383,7 @@ worker = AppGroup("worker", help="Run the background generator worker.")
 @click.option("--once", is_flag=True, help="Process what is queued, top the pool up once, then exit.")
 @admin_errors
 def worker_run(name, once):
-    """Consume generation jobs and keep the pool topped up (what the Procfile's worker runs)."""
+    """Consume generation jobs and keep the pool topped up."""
     from game.worker import Worker
     Worker.from_app(current_app, name=name).run(once=once)
 
