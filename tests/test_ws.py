@@ -184,3 +184,21 @@ def test_hint_is_remembered(app, seeded, ws_connect):
     assert again.ask({"type": "hello", "puzzle": p.id})["puzzle"]["hint"] == p.hint_word
     other, _ = ws_connect()
     assert other.ask({"type": "hello", "puzzle": p.id})["puzzle"]["hint"] is None
+
+
+def test_a_burst_of_drafts_gets_one_answer_per_draft_and_the_newest_is_scored(seeded, ws_connect):
+    ws, _ = ws_connect()
+    p = seeded[0].id
+    text = ""
+    for seq in range(1, 61):  # sent without waiting: the server reads them in batches
+        text += "ab "[seq % 3]
+        ws.send({"type": "draft", "seq": seq, "puzzle": p, "caption": "x" + text})
+    answers = {}
+    while len(answers) < 60:
+        msg = ws.recv()
+        assert msg["type"] in ("score", "dropped"), msg
+        assert msg["seq"] not in answers
+        answers[msg["seq"]] = msg["type"]
+    assert answers[60] == "score"  # the newest draft is never dropped
+    # Anything overtaken while an earlier one was scored was dropped, not scored late.
+    assert ws.ask({"type": "ping"})["type"] == "pong"
