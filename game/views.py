@@ -71,7 +71,8 @@ def today():
         cards.append({"puzzle": puzzle, "kind": puzzle.kind, "best": store.best(pid, puzzle.id),
                       "rank": store.rank(pid, puzzle.id),
                       "machine": target.self_score if target and puzzle.kind == "gan" else None})
-    return render_template("today.html", day=day, cards=cards, share_text=share_text(day, cards, request.host_url))
+    return render_template("today.html", day=day, cards=cards, share_text=share_text(day, cards, request.host_url),
+                           total=store.daily_total(pid, day), daily_rank=store.daily_rank(pid, day))
 
 
 def share_text(day: str, cards: list[dict], url: str) -> str:

@@ -23,6 +23,7 @@ def test_today_shows_the_days_cards_with_your_best(client, seeded):
     client.post("/api/submit", json={"puzzle": seeded[0].id, "caption": "red"})
     page = text(client.get("/"))
     assert page.count("Not played yet") == 2 and "Your best" in page and "rank 1" in page
+    assert "Your day so far" in page
     assert "Demo mode: scores are not real" in page  # test-tiny has random weights
 
 
