@@ -15,6 +15,7 @@ Settings this module adds (env `CAPTIONARY_X` -> config `X`; see `settings()`):
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import logging
@@ -209,25 +210,28 @@ def job_payload(prompt: str, *, size: int, iterations: int, seeds: int, keep: in
         seed = random.randrange(2**31)
     elif not isinstance(seed, int) or seed < 0:
         raise AdminError(f"--seed must be a whole number >= 0, not {seed!r}")
+    init_png = init_name = None
     if init_image is not None:
-        init_image = os.path.abspath(init_image)
-        _check_image_file(init_image, "init image")
+        # The image travels inside the job (normalised PNG, base64): a worker on another
+        # machine cannot read the admin's file path.
+        init_name = os.path.basename(init_image)
+        init_png = base64.b64encode(_read_init_image(init_image)).decode("ascii")
     payload = {"prompt": prompt, "size": size, "iterations": iterations, "seeds": seeds, "keep": keep,
-               "seed": seed, "init_image": init_image, "cutn": cutn, "clip_model": clip_model,
+               "seed": seed, "init_image": init_name, "init_png": init_png, "cutn": cutn, "clip_model": clip_model,
                "clip_pretrained": clip_pretrained, "vqgan_model": vqgan_model, "min_score": min_score,
                "source": source}
     return {k: v for k, v in payload.items() if v is not None}
 
 
-def _check_image_file(path: str, what: str) -> None:
-    from PIL import Image, UnidentifiedImageError
-    if not os.path.isfile(path):
-        raise AdminError(f"{what} {path}: no such file")
+def _read_init_image(path: str) -> bytes:
+    """An init image file, validated and normalised like a photo (size, format, bombs)."""
+    from game import photos
     try:
-        with Image.open(path) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise AdminError(f"{what} {path} is not a readable image: {exc}") from exc
+        return photos.read_photo(path)
+    except photos.PhotoError as exc:
+        raise AdminError(f"init image {exc}") from exc
+    except OSError as exc:
+        raise AdminError(f"init image {path}: cannot read it ({exc.strerror or exc})") from exc
 
 
 def generation_config(payload: dict, defaults: dict):
@@ -236,7 +240,8 @@ def generation_config(payload: dict, defaults: dict):
     fields = {f.name for f in dataclasses.fields(GenerationConfig)}
     wanted = {"prompts": payload["prompt"], "size": payload["size"], "iterations": payload["iterations"],
               "seed": payload.get("seed"), "seeds": payload["seeds"], "keep": payload.get("keep", 1),
-              "init_image": payload.get("init_image"), "cutn": payload.get("cutn") or defaults.get("GEN_CUTN")}
+              "init_image": base64.b64decode(payload["init_png"]) if payload.get("init_png") else None,
+              "cutn": payload.get("cutn") or defaults.get("GEN_CUTN")}
     kwargs = {k: v for k, v in wanted.items() if k in fields and v is not None}
     # A checkpoint step past the end would mean best-of-N never prunes: stop halfway in short runs.
     if "checkpoint_step" in fields and payload["seeds"] > 1:
@@ -296,7 +301,7 @@ def generate_target(store: Any, scorer: Any, clip: Any, vqgan: Any, payload: dic
                       "generation_self_score": round(float(result.self_score), 6), "elapsed_s": round(elapsed, 2),
                       "source": payload.get("source", "admin")})
     if payload.get("init_image"):
-        settings_["init_image"] = os.path.basename(payload["init_image"])
+        settings_["init_image"] = payload["init_image"]
     if job_id:
         settings_["job_id"] = job_id
     history = [[int(i), float(s)] for i, s in (result.history or [])]

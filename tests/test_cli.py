@@ -106,7 +106,7 @@ def test_seed_bad_input_is_a_clear_error_and_adds_nothing(cli, store, args, mess
 def test_seed_with_a_non_image_init_file(cli, store, tmp_path):
     bogus = tmp_path / "notes.png"
     bogus.write_text("not an image")
-    assert _failed(cli("targets", "seed", "a cat", *TINY, *GEN, "--init-image", str(bogus)), "not a readable image")
+    assert _failed(cli("targets", "seed", "a cat", *TINY, *GEN, "--init-image", str(bogus)), "init image", "not an image")
     assert store.list_targets() == []
 
 

@@ -225,3 +225,16 @@ def test_flask_worker_run_once_processes_the_queue_and_leaves_the_group_clean(ap
     consumers = [c["name"] for c in app.extensions["redis"].xinfo_consumers(STREAM, GROUP)]
     assert b"cli-worker" not in consumers and "cli-worker" not in consumers
     assert len(store.list_targets(kind="gan")) == 1  # K=1: the queued job's target fills the pool
+
+
+def test_init_image_travels_inside_the_job(app, store, tmp_path):
+    # A worker on another machine cannot open the admin's file: the job carries the image itself.
+    init = tmp_path / "start.png"
+    Image.new("RGB", (48, 48), (250, 250, 0)).save(init)
+    job_id = enqueue(app, "a yellow sun", init_image=str(init))
+    init.unlink()
+    worker = make_worker(app, top_up=False)
+    assert worker.process_one()
+    job = worker.queue.get(job_id)
+    assert job.status == "done", job.error
+    assert store.get_target(job.target_id).settings["init_image"] == "start.png"
