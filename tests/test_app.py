@@ -188,6 +188,14 @@ def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
         assert page is not None and page.status_code == 200, proc.stdout.read().decode() if proc.poll() else ""
         assert page.text.count('class="card"') == 3  # the starter photos, with zero admin work
         assert "Demo mode" in page.text
+        # The websocket works under gunicorn's gthread worker, as the Procfile runs it.
+        base = f"http://127.0.0.1:{port}"
+        puzzle = requests.get(base + "/api/status", timeout=30).json()["today"] + "/1"
+        ws = WSClient(base, f"captionary={page.cookies['captionary']}", base)
+        reply = ws.ask({"type": "draft", "seq": 1, "puzzle": puzzle, "caption": "a photo of an astronaut"})
+        result = ws.ask({"type": "submit", "puzzle": puzzle, "caption": "a photo of an astronaut"}, "result")
+        ws.close()
+        assert reply["type"] == "score" and result["rank"] == 1 and result["score"] == reply["score"]
         assert redis_server.is_running(str(instance))
     finally:
         proc.send_signal(signal.SIGINT)
