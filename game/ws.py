@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from urllib.parse import urlsplit
@@ -214,7 +215,8 @@ def dispatch(game, hub, conn: Connection, msg: dict) -> dict:
 def init_app(app) -> None:
     app.config.setdefault("SOCK_SERVER_OPTIONS", {"max_message_size": HARD_FRAME_LIMIT, "ping_interval": 25})
     store = app.extensions["store"]
-    app.extensions["board_hub"] = BoardHub(app.extensions["redis"], store.board_channel("*"),
-                                           store.board_channel)
+    # Model ids can hold glob characters (a checkpoint file name): escape them in the pattern.
+    prefix = re.sub(r"([\\*?\[\]])", r"\\\1", store.board_channel(""))
+    app.extensions["board_hub"] = BoardHub(app.extensions["redis"], prefix + "*", store.board_channel)
     sock.init_app(app)
     app.register_blueprint(bp)
