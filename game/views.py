@@ -246,11 +246,14 @@ def _security_headers(resp):
 
 
 def _error_page(exc):
-    titles = {404: "Not found", 400: "Bad request", 405: "Not allowed", 413: "Too large"}
+    titles = {404: "Not found", 400: "Bad request", 405: "Not allowed", 413: "Too large",
+              500: "Something went wrong"}
     code = getattr(exc, "code", 500) or 500
     message = getattr(exc, "description", None) or "Something went wrong."
+    if code == 500:  # never show internals; the log has the traceback
+        message = "Something went wrong on our side; please try again in a moment."
     if request.path.startswith("/api/") or request.path == "/ws":
-        codes = {404: "not_found", 400: "bad_request", 405: "bad_method", 413: "too_big"}
+        codes = {404: "not_found", 400: "bad_request", 405: "bad_method", 413: "too_big", 500: "internal"}
         return jsonify(error(codes.get(code, "error"), message)), code
     return render_template("error.html", title=titles.get(code, "Error"), message=message), code
 
@@ -258,5 +261,5 @@ def _error_page(exc):
 def init_app(app) -> None:
     app.register_blueprint(bp)
     app.after_request(_security_headers)
-    for code in (400, 404, 405, 413):
+    for code in (400, 404, 405, 413, 500):
         app.register_error_handler(code, _error_page)

@@ -186,7 +186,7 @@ def handle_batch(game, hub, conn: Connection, frames, max_bytes: int):
             yield exc.reply()
         except Exception:
             log.exception("unexpected error handling %s", msg.get("type"))
-            yield error("internal", "something went wrong on our side; nothing was lost, try again",
+            yield error("internal", "something went wrong on our side; please try again",
                         msg.get("seq"))
 
 
