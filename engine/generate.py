@@ -26,6 +26,7 @@ Nothing here keeps module state; everything a run needs is in its arguments.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -227,6 +228,38 @@ def _fit_area(image: Image.Image, size: int) -> Image.Image:
                         Image.LANCZOS)
 
 
+def _synth(vq, z: torch.Tensor, checkpointing: bool) -> torch.Tensor:
+    """Latents -> image in [0, 1]: straight-through quantise, decode, clamp with gradient."""
+    zq = vq.quantize_st(z)
+    if checkpointing and z.requires_grad:
+        out = torch.utils.checkpoint.checkpoint(vq.decode, zq, use_reentrant=False)
+    else:
+        out = vq.decode(zq)
+    return _ClampWithGrad.apply(out.add(1).div(2), 0, 1)
+
+
+def _forward(vq, clip_model, z, thetas, noise, mean, std, cut_size: int, bf16: bool, checkpointing: bool):
+    """One step's forward pass for all candidates: images and CLIP embeddings of all their cutouts."""
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
+        image = _synth(vq, z, checkpointing)
+        cuts = cut.make_cutouts(image, thetas, cut_size)
+        if noise is not None:
+            cuts = cuts + noise.to(cuts.dtype)
+        emb = clip_model.encode_image((cuts - mean) / std)
+    return image, emb.float()
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_forward():
+    """The torch.compile'd forward, one wrapper per process.
+
+    Dynamo keeps its compiled graphs on this wrapper, keyed by the models and the
+    shapes, so a worker that keeps its models loaded pays compile time once per
+    size and candidate count, not once per job (inductor also caches kernels on disk).
+    """
+    return torch.compile(_forward)
+
+
 class _Run:
     """State of one generate() call; lives only for that call."""
 
@@ -243,7 +276,6 @@ class _Run:
         self.mean = torch.tensor(getattr(visual, "image_mean", None) or CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(getattr(visual, "image_std", None) or CLIP_STD, device=self.device).view(1, 3, 1, 1)
         self.encode_image = clip.model.encode_image
-        self.forward = torch.compile(self._forward) if config.compile else self._forward
         self.init_pil, self.prompt_pils = init_pil, prompt_pils
         self.vqgan_id, self.vq_pretrained = vqgan.model_id, vqgan.is_pretrained
         self.score_emb = clip.encode_texts_reference([self.score_text]).clone()
@@ -253,23 +285,14 @@ class _Run:
 
     # --- pieces of one step -------------------------------------------------------------
     def _image(self, z: torch.Tensor) -> torch.Tensor:
-        zq = self.vq.quantize_st(z)
-        if self.c.checkpointing and z.requires_grad:
-            out = torch.utils.checkpoint.checkpoint(self.vq.decode, zq, use_reentrant=False)
-        else:
-            out = self.vq.decode(zq)
-        return _ClampWithGrad.apply(out.add(1).div(2), 0, 1)
+        return _synth(self.vq, z, self.c.checkpointing)
 
-    def _forward(self, z, thetas, noise):
-        with torch.autocast(**self.autocast):
-            image = self._image(z)
-            cuts = cut.make_cutouts(image, thetas, self.cut_size)
-            if noise is not None:
-                cuts = cuts + noise.to(cuts.dtype)
-            emb = self.encode_image((cuts - self.mean) / self.std)
-        return image, emb.float()
+    def forward(self, z, thetas, noise):
+        fn = _compiled_forward() if self.c.compile else _forward
+        return fn(self.vq, self.clip.model, z, thetas, noise, self.mean, self.std, self.cut_size,
+                  self.autocast["enabled"], self.c.checkpointing)
 
-    def _noise(self, n_images, generators):
+    def _noise(self, generators):
         if not self.c.noise:
             return None
         s, parts = self.cut_size, []
@@ -418,10 +441,9 @@ def _generate(run: _Run, scorer=None) -> GenerationResult:
             alive = [alive[k] for k in order]
             generators = [generators[k] for k in order]
 
-        gens = generators
-        thetas = cut.random_thetas(size, size, c.cutn, run.cut_size, c.cut_pow, gens, device, flip=c.flip)
+        thetas = cut.random_thetas(size, size, c.cutn, run.cut_size, c.cut_pow, generators, device, flip=c.flip)
         opt.zero_grad(set_to_none=True)
-        image, emb = run.forward(z, thetas, run._noise(len(gens), gens))
+        image, emb = run.forward(z, thetas, run._noise(generators))
         losses = run._losses(emb, z, segment_at(run.segments, i), image_targets, z_orig)
         losses.sum().backward()
         opt.step()

@@ -220,3 +220,13 @@ def test_bf16_autocast_path_runs_on_cpu(clip, vqgan):
     result, steps = run(clip, vqgan, precision="bf16", iterations=3, seeds=2, checkpoint_step=2)
     assert len(steps) == 3 and all(np.isfinite(s.loss) for s in steps)
     assert -1.0 <= result.self_score <= 1.0
+
+
+def test_augmentations_and_activation_checkpointing(clip, vqgan):
+    plain, _ = run(clip, vqgan, size=80, flip=True, noise=0.1, seed=5)
+    again, _ = run(clip, vqgan, size=80, flip=True, noise=0.1, seed=5)
+    recomputed, _ = run(clip, vqgan, size=80, flip=True, noise=0.1, seed=5, checkpointing=True)
+    unaugmented, _ = run(clip, vqgan, size=80, seed=5)
+    assert np.array_equal(pixels(plain.image), pixels(again.image))  # augmentations use the seed's stream
+    assert np.array_equal(pixels(plain.image), pixels(recomputed.image))  # recomputation changes no maths
+    assert not np.array_equal(pixels(plain.image), pixels(unaugmented.image))
