@@ -258,7 +258,8 @@ class Worker:
         """Enqueue one top-up generation if the pool is short; returns the job id or None."""
         # The lock makes "count then enqueue" atomic across workers, so two idle
         # workers do not both fill the same gap.
-        if not self.r.set(TOPUP_LOCK, self.name, nx=True, px=5000):
+        token = f"{self.name}:{random.random()}"
+        if not self.r.set(TOPUP_LOCK, token, nx=True, px=5000):
             return None
         try:
             in_flight = self.in_flight_topups()
@@ -276,7 +277,9 @@ class Worker:
             log.info("pool short by %d fresh GAN target(s): queued %s for %r", short, job_id, prompt)
             return job_id
         finally:
-            self.r.delete(TOPUP_LOCK)
+            # Release only our own lock: if it expired meanwhile, another worker may hold it now.
+            self.r.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end "
+                        "return 0", 1, TOPUP_LOCK, token)
 
     # -- main loop --------------------------------------------------------
     def run(self, once: bool = False, idle_s: Optional[float] = None) -> None:

@@ -238,3 +238,14 @@ def test_init_image_travels_inside_the_job(app, store, tmp_path):
     job = worker.queue.get(job_id)
     assert job.status == "done", job.error
     assert store.get_target(job.target_id).settings["init_image"] == "start.png"
+
+
+def test_top_up_waits_while_another_worker_holds_the_lock(app, store):
+    from game.worker import TOPUP_LOCK
+    redis = app.extensions["redis"]
+    redis.set(TOPUP_LOCK, "someone-else", px=5000)
+    worker = make_worker(app)
+    assert worker.top_up() is None and JobQueue(redis).list_jobs() == []
+    assert redis.get(TOPUP_LOCK) == b"someone-else"  # never released by a worker that did not take it
+    redis.delete(TOPUP_LOCK)
+    assert worker.top_up() is not None and redis.get(TOPUP_LOCK) is None
