@@ -218,3 +218,40 @@ def test_fallback_path_for_unsupported_text_towers_is_exact(clip, monkeypatch):
     captions = HARD_CAPTIONS[:6]
     got = torch.stack([r.embedding for r in enc.encode([Job(enc.key(c)) for c in captions])]).numpy()
     assert np.abs(got - reference(clip, captions)).max() <= TOL
+
+
+def test_quick_gelu_towers_like_openai_weights_are_exact():
+    """OpenAI's ViT-B/32 weights run with QuickGELU (not fusable into oneDNN's GELU): still exact."""
+    import open_clip
+    from engine.clip_model import LoadedClip, _register_configs
+    _register_configs()
+    torch.manual_seed(1)
+    model = open_clip.create_model("test-tiny", pretrained=None, force_quick_gelu=True).eval().requires_grad_(False)
+    assert type(model.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    quick = LoadedClip(model=model, tokenizer=open_clip.get_tokenizer("test-tiny"), preprocess=None,
+                       name="test-tiny", pretrained="random", model_id="test-tiny/quickgelu", is_pretrained=False,
+                       device=torch.device("cpu"))
+    with Scorer(quick, max_caption_chars=1000) as s:
+        assert s.encoder.fast and not s.encoder._fuse_gelu
+        ref = quick.encode_texts_reference(HARD_CAPTIONS).numpy()
+        assert np.abs(s.embed_texts(HARD_CAPTIONS) - ref).max() <= TOL
+        drafts = ["a quick", "a quick brown", "a quick brown fo", "a quick brown fox"]
+        got = np.stack([s.embed_text(d, stream="q") for d in drafts])
+        assert np.abs(got - quick.encode_texts_reference(drafts).numpy()).max() <= TOL
+
+
+def test_plain_torch_matmuls_are_exact_too(clip, monkeypatch):
+    """Where oneDNN is missing (or disagrees), the encoder uses F.linear: same results."""
+    import torch.nn.functional as F
+    import engine.text_encoder as te
+    monkeypatch.setattr(te, "choose_linear", lambda device: (F.linear, "torch"))
+    enc = TextEncoder(clip)
+    assert enc.linear_backend == "torch" and not enc._fuse_gelu
+    got = torch.stack([r.embedding for r in enc.encode([Job(enc.key(c)) for c in HARD_CAPTIONS])]).numpy()
+    assert np.abs(got - reference(clip, HARD_CAPTIONS)).max() <= TOL
+
+
+def test_onednn_is_chosen_on_cpu_when_available(clip):
+    enc = TextEncoder(clip)
+    expected = "onednn" if torch.backends.mkldnn.is_available() else "torch"
+    assert enc.linear_backend == expected
