@@ -319,3 +319,10 @@ def test_jobs_shows_progress_of_live_workers_and_flags_dead_ones(cli, app):
     queue.claim("dead-worker")  # no heartbeat: killed
     lines = {line.split()[0]: line for line in cli("targets", "jobs").output.splitlines()[1:]}
     assert "running 12/40" in lines[a] and "running (worker gone)" in lines[b]
+
+
+def test_seeding_the_same_image_twice_is_refused(cli, store):
+    args = ("targets", "seed", "a bowl of fruit on fire", *TINY, *GEN, "--seed", "3")
+    assert cli(*args).exit_code == 0
+    assert _failed(cli(*args), "not added", "already target")
+    assert len(store.list_targets()) == 1
