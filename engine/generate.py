@@ -311,7 +311,7 @@ class _Run:
             if prompt.weight == 0:
                 continue
             d = spherical_distance(emb, embed[None, None]) * math.copysign(1.0, prompt.weight)
-            d = _replace_grad(d, torch.maximum(d, d.new_tensor(prompt.stop)))
+            d = _replace_grad(d, d.clamp_min(prompt.stop))  # a Python scalar: no host-to-device copy
             losses = losses + abs(prompt.weight) * d.mean(dim=(1, 2))
         if self.c.init_weight and z_orig is not None:
             losses = losses + (z - z_orig).pow(2).mean(dim=(1, 2, 3)) * self.c.init_weight / 2

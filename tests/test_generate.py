@@ -230,3 +230,13 @@ def test_augmentations_and_activation_checkpointing(clip, vqgan):
     assert np.array_equal(pixels(plain.image), pixels(again.image))  # augmentations use the seed's stream
     assert np.array_equal(pixels(plain.image), pixels(recomputed.image))  # recomputation changes no maths
     assert not np.array_equal(pixels(plain.image), pixels(unaugmented.image))
+
+
+def test_negative_weights_and_stops(clip, vqgan):
+    _, pull = run(clip, vqgan, prompts="a red barn", iterations=2)
+    _, push = run(clip, vqgan, prompts="a red barn:-1", iterations=2)
+    assert push[0].loss == pytest.approx(-pull[0].loss)  # same start, same cutouts, opposite sign
+    # A stop above any spherical distance (at most pi^2 / 2) leaves nothing to pull: z never moves.
+    still, frames = run(clip, vqgan, prompts="a red barn:1:5", iterations=3, frame_every=1)
+    assert all(np.array_equal(pixels(f.frame), pixels(frames[0].frame)) for f in frames)
+    assert np.array_equal(pixels(still.image), pixels(frames[0].frame))
