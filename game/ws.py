@@ -54,60 +54,102 @@ class Connection:
 
 
 class BoardHub:
-    """One Redis pub/sub subscriber per process, fanning board changes out to local sockets."""
+    """One Redis pub/sub subscriber per process, fanning board changes out to local sockets.
+
+    Its thread runs only while some socket of this process watches a board: it
+    starts on the first subscription and ends (closing its Redis connection)
+    once the last watcher has gone.
+    """
 
     def __init__(self, redis_client, pattern: str, channel_for):
         self.redis, self.pattern, self.channel_for = redis_client, pattern, channel_for
         self._lock = threading.Lock()
         self._by_channel: dict[str, set[Connection]] = {}
         self._thread = None
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="captionary-board-hub", daemon=True)
-            self._thread.start()
+        self._ready = threading.Event()
 
     def subscribe(self, conn: Connection, puzzle_ids) -> None:
         with self._lock:
-            self._ensure_thread()
-            for pid in conn.puzzles - set(puzzle_ids):
-                self._by_channel.get(self.channel_for(pid), set()).discard(conn)
+            self._drop(conn)
             conn.puzzles = set(puzzle_ids)
             for pid in conn.puzzles:
                 self._by_channel.setdefault(self.channel_for(pid), set()).add(conn)
+            if conn.puzzles and self._thread is None:
+                self._ready = threading.Event()
+                self._thread = threading.Thread(target=self._run, args=(self._ready,),
+                                                name="captionary-board-hub", daemon=True)
+                self._thread.start()
+            ready = self._ready
+        # Wait (briefly) until Redis confirmed the subscription, so no push after this returns is missed.
+        ready.wait(2.0)
 
     def remove(self, conn: Connection) -> None:
         with self._lock:
-            for pid in conn.puzzles:
-                self._by_channel.get(self.channel_for(pid), set()).discard(conn)
-            conn.puzzles = set()
+            self._drop(conn)
 
-    def _run(self) -> None:
+    def _drop(self, conn: Connection) -> None:
+        for pid in conn.puzzles:
+            channel = self.channel_for(pid)
+            watchers = self._by_channel.get(channel)
+            if watchers is not None:
+                watchers.discard(conn)
+                if not watchers:
+                    del self._by_channel[channel]
+        conn.puzzles = set()
+
+    def _idle(self) -> bool:
+        """True (and the thread is forgotten) when nobody watches; call with the lock held."""
+        if self._by_channel:
+            return False
+        self._thread = None
+        return True
+
+    def _run(self, ready: threading.Event) -> None:
         delay = 0.5
         while True:
+            pubsub = None
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.psubscribe(self.pattern)
+                pubsub.get_message(timeout=1.0)  # the psubscribe confirmation: from here on nothing is missed
+                ready.set()
                 delay = 0.5
-                for item in pubsub.listen():
-                    if item.get("type") != "pmessage":
+                while True:
+                    # A short wait, not listen(): the loop must notice when the last watcher left.
+                    item = pubsub.get_message(timeout=1.0)
+                    if item is None:
+                        with self._lock:
+                            if self._idle():
+                                return
                         continue
-                    channel = item["channel"]
-                    channel = channel.decode() if isinstance(channel, bytes) else channel
-                    data = item["data"]
-                    try:
-                        message = json.loads(data)
-                    except (TypeError, ValueError):
-                        continue
-                    with self._lock:
-                        targets = list(self._by_channel.get(channel, ()))
-                    for conn in targets:
-                        conn.send(message)
+                    if item.get("type") == "pmessage":
+                        self._fan_out(item)
             except Exception as exc:  # Redis restarted or the network blipped: resubscribe
+                with self._lock:
+                    if self._idle():
+                        return
                 level = logging.WARNING if delay == 0.5 else logging.DEBUG  # say it once per outage
                 log.log(level, "board hub lost its Redis subscription (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
+
+    def _fan_out(self, item) -> None:
+        channel = item["channel"]
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        try:
+            message = json.loads(item["data"])
+        except (TypeError, ValueError):
+            return
+        with self._lock:
+            targets = list(self._by_channel.get(channel, ()))
+        for conn in targets:
+            conn.send(message)
 
 
 def _origin_allowed() -> bool:

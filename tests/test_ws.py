@@ -202,3 +202,20 @@ def test_a_burst_of_drafts_gets_one_answer_per_draft_and_the_newest_is_scored(se
     assert answers[60] == "score"  # the newest draft is never dropped
     # Anything overtaken while an earlier one was scored was dropped, not scored late.
     assert ws.ask({"type": "ping"})["type"] == "pong"
+
+
+def test_the_board_hub_thread_runs_only_while_someone_watches(app, seeded, ws_connect):
+    hub = app.extensions["board_hub"]
+    assert hub._thread is None
+    ws, _ = ws_connect()
+    ws.ask({"type": "subscribe", "puzzles": [seeded[0].id]}, "subscribed")
+    thread = hub._thread
+    assert thread is not None and thread.is_alive()
+    ws.close()
+    thread.join(10)  # notices within about a second that the last watcher left
+    assert not thread.is_alive() and hub._thread is None
+    # A later watcher starts it again and gets pushes.
+    again, _ = ws_connect()
+    again.ask({"type": "subscribe", "puzzles": [seeded[0].id]}, "subscribed")
+    app.extensions["game"].publish_board(seeded[0].id)
+    assert again.recv_until("board")["puzzle"] == seeded[0].id
