@@ -100,9 +100,15 @@ def history_svg(history, width: int = 240, height: int = 90, threshold: Optional
         return Markup('<span class="muted">no score history</span>')
     pad = 22
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    lo, hi = min(ys + ([threshold] if threshold is not None else [])), max(ys + ([threshold] if threshold is not None else []))
+    lo, hi = min(ys), max(ys)
     if hi - lo < 1e-6:
         lo, hi = lo - 0.01, hi + 0.01
+    # The threshold joins the scale only when it is near the data; far away it would flatten the curve.
+    off_scale = None
+    if threshold is not None and not (lo - (hi - lo) <= threshold <= hi + (hi - lo)):
+        off_scale, threshold = threshold, None
+    elif threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
 
     def sx(x):
@@ -119,6 +125,10 @@ def history_svg(history, width: int = 240, height: int = 90, threshold: Optional
     if threshold is not None:
         parts.append(f'<line x1="{pad}" y1="{sy(threshold):.1f}" x2="{width - 4}" y2="{sy(threshold):.1f}" '
                      f'class="threshold"><title>threshold {threshold:.3f}</title></line>')
+    if off_scale is not None:
+        where = "above" if off_scale > hi else "below"
+        parts.append(f'<text x="{width / 2:.0f}" y="{height - 6}" class="tick" text-anchor="middle">'
+                     f'threshold {off_scale:.2f} ({where})</text>')
     parts.append(f'<polyline points="{line}" class="line"/>')
     for x, y in points:
         parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2"><title>it {int(x)}: {y:.4f}</title></circle>')

@@ -143,3 +143,9 @@ def test_history_svg_scales_points_and_marks_the_threshold():
     assert 'class="threshold"' in svg and "0.400" in svg
     assert "no score history" in str(history_svg([]))
     assert "<polyline" in str(history_svg([[3, 0.2]]))  # one point still draws
+
+
+def test_history_svg_keeps_a_far_threshold_off_the_scale():
+    svg = str(history_svg([[0, 0.01], [10, 0.03]], threshold=0.4))
+    assert 'class="threshold"' not in svg and "threshold 0.40 (above)" in svg
+    assert "0.03" in svg and "0.40</text>" not in svg.split("threshold")[0]
