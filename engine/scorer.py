@@ -7,7 +7,8 @@ end token, length-grouped batches, cached prefix keys/values per typing
 stream) and from here:
 
 * one batching thread collects the requests that arrive within
-  `batch_window_ms` and encodes them together; the queue is bounded and a full
+  `batch_window_ms` of each other (at most 5 windows in all) and encodes them
+  together; the queue is bounded and a full
   queue raises `ScorerBusyError` at once instead of growing latency;
 * an LRU of token ids -> normalised embedding (captions that tokenise alike,
   e.g. differing only in spacing or case, share an entry);
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _ALLOWED_CONTROLS = frozenset("\t\n\r")  # whitespace the tokenizer folds into a space
 BULK_CHUNK = 256  # embed_texts encodes at most this many captions per compute-lock hold
+BATCH_WINDOW_CAP = 5  # a batch waits at most this many windows after its first request
 
 
 class CaptionError(ValueError):
@@ -145,7 +147,7 @@ class Scorer:
         self._stats_lock = threading.Lock()
         self._closed = False
         self._stats = dict(requests=0, cache_hits=0, busy=0, batches=0, encoded=0,
-                           tokens_computed=0, tokens_reused=0, errors=0)
+                           tokens_computed=0, tokens_reused=0, errors=0, compute_s=0.0)
         self._thread = threading.Thread(target=self._run, name=f"scorer[{self.model_id}]", daemon=True)
         self._thread.start()
         log.info("scorer ready: %s, %d torch threads, fast path %s", clip.describe(), self.num_threads,
@@ -263,7 +265,7 @@ class Scorer:
         self.close()
 
     # ---- internals ----------------------------------------------------------
-    def _count(self, name: str, n: int = 1) -> None:
+    def _count(self, name: str, n: float = 1) -> None:
         with self._stats_lock:
             self._stats[name] += n
 
@@ -287,8 +289,12 @@ class Scorer:
             item = self._queue.get()
             if item is _STOP:
                 return
+            # Collect until the queue has been quiet for one window (callers woken by
+            # the previous batch resubmit a few tenths of a ms apart), but never
+            # wait more than BATCH_WINDOW_CAP windows after the first request.
             batch, stop = [item], False
-            deadline = time.monotonic() + self.batch_window_s
+            first = time.monotonic()
+            deadline = first + self.batch_window_s
             while len(batch) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
@@ -299,6 +305,8 @@ class Scorer:
                     stop = True
                     break
                 batch.append(item)
+                deadline = min(first + BATCH_WINDOW_CAP * self.batch_window_s,
+                               time.monotonic() + self.batch_window_s)
             try:
                 self._process(batch)
             except BaseException as exc:  # never let the thread die with callers waiting
@@ -360,10 +368,13 @@ class Scorer:
     def _encode_isolated(self, jobs: list[Job]) -> list:
         """Encode jobs together; if that fails, one by one, so one failure fails only its own callers."""
         with self._compute:
+            started = time.perf_counter()
             try:
                 return self.encoder.encode(jobs)
             except Exception:
                 log.exception("batch of %d captions failed; retrying one by one", len(jobs))
+            finally:
+                self._count("compute_s", time.perf_counter() - started)
             results: list = []
             for job in jobs:
                 try:
