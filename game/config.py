@@ -36,7 +36,7 @@ DEFAULTS: dict = {
     "ALLOWED_ORIGINS": "",  # extra websocket origins besides the page's own host, comma-separated
     "IMPORT_STARTER_PHOTOS": True,  # import assets/photos on first start (idempotent)
     "SCORER_BATCH_WINDOW_MS": 2.0,
-    "TORCH_THREADS": None,  # None -> torch's default
+    "TORCH_THREADS": None,  # None -> the scorer's default (cores - 1)
     # Flask's own settings, here so CAPTIONARY_SESSION_COOKIE_SECURE=true etc. can override them.
     "SESSION_COOKIE_NAME": "captionary",
     "SESSION_COOKIE_HTTPONLY": True,

@@ -57,13 +57,10 @@ def _device(config: dict) -> str:
 
 
 def _load(config: dict) -> Judge:
-    import torch
     from engine.clip_model import TINY_MODEL, load_clip
     from engine.scorer import Scorer
     from engine.weights import WeightsUnavailableError
 
-    if config.get("TORCH_THREADS"):
-        torch.set_num_threads(int(config["TORCH_THREADS"]))
     device = _device(config)
     name, pretrained = config["CLIP_MODEL"], config["CLIP_PRETRAINED"]
     reason = None
@@ -82,8 +79,10 @@ def _load(config: dict) -> Judge:
                   f"For real scores: {DOWNLOAD_HOWTO}")
     if config["ENV"] == "production" and not clip.is_pretrained:
         raise ConfigError(f"production refuses non-pretrained CLIP {clip.model_id}")
+    # TORCH_THREADS unset: the scorer's default (cores - 1, see engine.scorer.configure_torch_threads).
+    threads = int(config["TORCH_THREADS"]) if config.get("TORCH_THREADS") else None
     scorer = Scorer(clip, max_caption_chars=config["MAX_CAPTION_CHARS"],
-                    batch_window_ms=config["SCORER_BATCH_WINDOW_MS"])
+                    batch_window_ms=config["SCORER_BATCH_WINDOW_MS"], num_threads=threads)
     if reason:
         log.warning("DEMO MODE: %s", reason)
     log.info("judge: %s", clip.describe())
