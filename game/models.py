@@ -41,7 +41,7 @@ def load_judge(config: dict) -> Judge:
     """Load (once per process and settings) the CLIP scorer the config asks for."""
     key = (config["CLIP_MODEL"], config["CLIP_PRETRAINED"], config.get("DEVICE"),
            config.get("MODELS_DIR"), config["ENV"], config["DEMO_FALLBACK"],
-           config["MAX_CAPTION_CHARS"], config["SCORER_BATCH_WINDOW_MS"])
+           config["MAX_CAPTION_CHARS"], config["SCORER_BATCH_WINDOW_MS"], config.get("TORCH_THREADS"))
     with _lock:
         judge = _loaded.get(key)
         if judge is None:
