@@ -86,6 +86,8 @@ def finish(config: dict, instance_path: str) -> None:
     config["CLIP_MODEL"] = str(config.get("CLIP_MODEL") or "ViT-B-32")
 
     secret = config.get("SECRET_KEY")
+    if secret is not None and not isinstance(secret, (str, bytes)):
+        secret = config["SECRET_KEY"] = str(secret)  # from_prefixed_env JSON-decodes an all-digit key
     if env == "production":
         if not secret or secret == DEV_SECRET_PLACEHOLDER or len(str(secret)) < 16:
             raise ConfigError(

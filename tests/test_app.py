@@ -203,3 +203,15 @@ def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
     assert proc.returncode == 0, out
     assert "Open http://127.0.0.1:" in out and "stopped the embedded Redis" in out
     assert not redis_server.is_running(str(instance))
+
+
+def test_an_all_digit_secret_from_the_environment_still_signs_cookies(tmp_path, redis_url, redis_client, clock,
+                                                                      monkeypatch):
+    monkeypatch.setenv("CAPTIONARY_SECRET_KEY", "12345678901234567890123")
+    from game import create_app
+    from web_fixtures import TEST_CONFIG
+    cfg = {k: v for k, v in TEST_CONFIG.items() if k != "SECRET_KEY"}
+    app = create_app(dict(cfg, INSTANCE_PATH=str(tmp_path / "i"), REDIS_URL=redis_url, CLOCK=clock))
+    assert app.config["SECRET_KEY"] == "12345678901234567890123"
+    client = app.test_client()
+    assert client.get("/").status_code == 200 and client.get_cookie("captionary") is not None
