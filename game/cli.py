@@ -180,7 +180,8 @@ def targets_add_photo(paths, caption, title, attribution):
 
 @targets.command("list")
 @click.option("--kind", type=click.Choice(["gan", "photo"]), default=None, help="Only this kind.")
-@click.option("--status", default=None, help="Only this status (e.g. ready).")
+@click.option("--status", type=click.Choice(["ready", "pending", "removed"]), default=None,
+              help="Only this status (pending: no embedding for the current CLIP yet).")
 @click.option("--min-score", type=float, default=None, help="Only targets with a self-score at least this.")
 @admin_errors
 def targets_list(kind, status, min_score):

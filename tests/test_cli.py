@@ -326,3 +326,15 @@ def test_seeding_the_same_image_twice_is_refused(cli, store):
     assert cli(*args).exit_code == 0
     assert _failed(cli(*args), "not added", "already target")
     assert len(store.list_targets()) == 1
+
+
+def test_progress_bar_shows_iteration_score_and_speed(app):
+    from game.cli import _progress_printer
+    with app.app_context():
+        on_step, bar = _progress_printer(40)
+        with bar:
+            on_step({"iteration": 9, "total": 40, "score": 0.25, "it_s": 12.5})
+            assert bar.pos == 10
+            assert bar.item_show_func(bar.current_item) == "it 10/40  score 0.2500  12.5 it/s"
+            on_step({"iteration": 39, "total": 40, "score": None, "it_s": 13.0})
+            assert bar.pos == 40 and "score -" in bar.item_show_func(bar.current_item)
