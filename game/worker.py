@@ -312,7 +312,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--name", help="consumer name (default host:pid:random)")
     parser.add_argument("--once", action="store_true", help="drain the queue, top up once, then exit")
     parser.add_argument("--no-top-up", action="store_true", help="only consume queued jobs")
+    parser.add_argument("--generate", metavar="MODULE:FUNCTION",
+                        help="a generation function with game.admin.generate_target's signature "
+                             "(experiments, tests); default: game.admin:generate_target")
     args = parser.parse_args(argv)
+    generate_fn = admin.generate_target
+    if args.generate:
+        import importlib
+        module, _, name = args.generate.partition(":")
+        try:
+            generate_fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            print(f"worker cannot start: --generate {args.generate}: {exc}", file=sys.stderr)
+            return 1
     from game import create_app
     from game.config import ConfigError
     try:
@@ -321,7 +333,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"worker cannot start: {exc}", file=sys.stderr)
         return 1
     with app.app_context():
-        worker = Worker.from_app(app, name=args.name, top_up=not args.no_top_up)
+        worker = Worker.from_app(app, name=args.name, top_up=not args.no_top_up, generate_fn=generate_fn)
         # SIGTERM (Procfile managers, systemd) stops at the next step; the job goes back to the queue.
         signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
         try:
