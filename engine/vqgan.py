@@ -56,8 +56,10 @@ SHIPPED_CONFIGS = {
     "wikiart_16384": "vqgan-imagenet-f16-16384.yaml",  # same architecture, trained on WikiArt
 }
 SUPPORTED_TARGETS = ("taming.models.vqgan.VQModel",)
+# Where the objects Lightning pickles next to the weights live: callbacks, hyper-parameter
+# containers (argparse / OmegaConf, which mention typing.Any), numpy scalars in callback state.
 TRAINER_NAMESPACES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.",
-                      "argparse.Namespace", "numpy.", "collections.defaultdict", "torch.optim.")
+                      "argparse.Namespace", "typing.Any", "numpy.", "collections.defaultdict", "torch.optim.")
 MODEL_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
 REQUIRED_DDCONFIG = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels",
                      "resolution", "in_channels", "out_ch")
