@@ -70,3 +70,36 @@ def init_app(app) -> None:
         app.config["SESSION_COOKIE_SECURE"] = _as_bool(app.config.get("COOKIE_SECURE", True))
     app.jinja_env.globals["csp_nonce"] = csp_nonce
     app.after_request(_headers)
+
+
+class FrameBudget:
+    """A per-connection token bucket over raw websocket frames, checked before any parsing.
+
+    The shared per-player draft bucket (Redis) answers `slow_down`, but a client flooding
+    at 1,000 frames/s would still cost a JSON parse and a reply per frame, and a Redis round
+    trip per batch, all on the process that serves other players. Frames beyond this
+    budget are dropped unread; the client gets one `slow_down` notice per second instead
+    of a reply to each. The defaults (60 frames/s, bursts of 120) are several times what
+    the play page sends while someone types (a draft per pause or word, plus pings).
+    """
+
+    def __init__(self, rate: float = 60.0, burst: float = 120.0, clock=None):
+        import time
+        self.rate, self.burst = float(rate), float(burst)
+        self.clock = clock or time.monotonic
+        self.tokens, self.stamp = self.burst, self.clock()
+        self.dropped = 0  # frames dropped since the last notice
+        self.noticed = -1e9
+
+    def admit(self, frames: list) -> tuple[list, int | None]:
+        """(frames to handle, number dropped to report now or None). Keeps the oldest frames."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        n = min(len(frames), int(self.tokens))
+        self.tokens -= n
+        self.dropped += len(frames) - n
+        if self.dropped and now - self.noticed >= 1.0:
+            reported, self.dropped, self.noticed = self.dropped, 0, now
+            return frames[:n], reported
+        return frames[:n], None

@@ -23,6 +23,7 @@ from flask import Blueprint, current_app, jsonify, request, session
 from flask_sock import Sock
 
 from game.protocol import ProtocolError, error, parse_message
+from game.security import FrameBudget
 
 log = logging.getLogger("captionary.ws")
 bp = Blueprint("ws", __name__)
@@ -181,6 +182,7 @@ def websocket(ws):
     # game/ops.py (graceful SIGTERM): tracks open sockets; while draining, each is closed with
     # 1012 once its current batch is answered, so in-flight drafts and submissions finish.
     drain = app.extensions.get("drain")
+    budget = FrameBudget(app.config.get("FRAME_RATE", 60.0), app.config.get("FRAME_BURST", 120.0))
     if drain is not None and not drain.opened(conn):
         return
     try:
@@ -192,6 +194,13 @@ def websocket(ws):
             # Whatever else already arrived is handled together: a newer draft overtakes older ones.
             while len(batch) < MAX_BATCH and (more := ws.receive(timeout=0)) is not None:
                 batch.append(more)
+            # Flood guard (game/security.py FrameBudget): frames over the per-connection budget are
+            # dropped before parsing, with one slow_down notice a second instead of a reply each.
+            batch, dropped = budget.admit(batch)
+            if dropped and not conn.send(error("slow_down", f"slow down: {dropped} message(s) ignored")):
+                return
+            if not batch:
+                continue
             with drain.busy(conn) if drain is not None else contextlib.nullcontext():
                 for reply in handle_batch(game, hub, conn, batch, max_bytes):
                     if not conn.send(reply):

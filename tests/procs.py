@@ -110,12 +110,12 @@ class Gunicorn:
         self.stop()
 
 
-def seed_today(redis_client, embed_dim: int, n: int = 3) -> list[str]:
+def seed_today(redis_client, embed_dim: int, n: int = 3, model_id: str = MODEL_ID) -> list[str]:
     """n targets with seeded random unit embeddings; returns today's puzzle ids (real clock)."""
     import numpy as np
     from PIL import Image
     from game.store import Store
-    store = Store(redis_client, MODEL_ID)
+    store = Store(redis_client, model_id)
     rng = np.random.default_rng(0)
     for i in range(n):
         buf = io.BytesIO()

@@ -13,7 +13,8 @@ from web_fixtures import *  # noqa: F401,F403
 from web_fixtures import make_app
 from fuzzing import fuzz_http, fuzz_websocket, flask_client_sender
 
-FAST = dict(DRAFT_RATE=1e6, DRAFT_BURST=1e6, SUBMIT_RATE=1e6, SUBMIT_BURST=1e6, MAX_SUBMISSIONS=1000)
+FAST = dict(DRAFT_RATE=1e6, DRAFT_BURST=1e6, SUBMIT_RATE=1e6, SUBMIT_BURST=1e6, MAX_SUBMISSIONS=1000,
+            FRAME_RATE=1e6, FRAME_BURST=1e6)
 
 
 def _server(app):
