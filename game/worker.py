@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import redis
+
 from game import admin
 from game.jobs import JobQueue, default_consumer_name
 
@@ -289,21 +291,32 @@ class Worker:
         log.info("worker %s started: judge %s, generating with CLIP %s/%s and VQGAN %s; pool target %d fresh "
                  "GAN targets, threshold %.3f", self.name, self.store.model_id, choice.clip_model,
                  choice.clip_pretrained, choice.vqgan_model, self.cfg["POOL_TARGET"], self.cfg["GAN_MIN_SCORE"])
-        self.heartbeat("idle")
+        backoff = 0.0
         try:
             while not self.stop.is_set():
-                if self.process_one():
-                    continue
-                if self.top_up_enabled and self.top_up():
-                    continue
-                if once:
-                    return
-                self.heartbeat("idle")
-                # Block on the stream rather than sleeping: a new job starts at once.
-                if self.process_one(block_ms=int(idle_s * 1000)):
-                    continue
+                try:
+                    self.heartbeat("idle")
+                    if self.process_one():
+                        backoff = 0.0
+                        continue
+                    if self.top_up_enabled and self.top_up():
+                        continue
+                    if once:
+                        return
+                    # Block on the stream rather than sleeping: a new job starts at once.
+                    self.process_one(block_ms=int(idle_s * 1000))
+                    backoff = 0.0
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    # Redis restarting or unreachable: the models stay loaded; try again with backoff.
+                    # A job held at that moment is retried by the queue after the visibility timeout.
+                    backoff = min(30.0, backoff * 2 or 0.5)
+                    log.error("Redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                    self.stop.wait(backoff)
         finally:
-            self._forget_heartbeat()
+            try:
+                self._forget_heartbeat()
+            except redis.RedisError:
+                pass  # the heartbeat expires by itself
             log.info("worker %s stopped after %d job(s)", self.name, self.processed)
 
 
@@ -329,14 +342,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     from game.config import ConfigError
     try:
         app = create_app()
-    except ConfigError as exc:
+    except (ConfigError, redis.RedisError) as exc:
         print(f"worker cannot start: {exc}", file=sys.stderr)
         return 1
     with app.app_context():
-        worker = Worker.from_app(app, name=args.name, top_up=not args.no_top_up, generate_fn=generate_fn)
-        # SIGTERM (Procfile managers, systemd) stops at the next step; the job goes back to the queue.
-        signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
         try:
+            worker = Worker.from_app(app, name=args.name, top_up=not args.no_top_up, generate_fn=generate_fn)
+            # SIGTERM (Procfile managers, systemd) stops at the next step; the job goes back to the queue.
+            signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
             worker.prepare()
             worker.run(once=args.once)
         except admin.AdminError as exc:

@@ -249,3 +249,59 @@ def test_top_up_waits_while_another_worker_holds_the_lock(app, store):
     assert redis.get(TOPUP_LOCK) == b"someone-else"  # never released by a worker that did not take it
     redis.delete(TOPUP_LOCK)
     assert worker.top_up() is not None and redis.get(TOPUP_LOCK) is None
+
+
+def test_worker_survives_a_redis_outage(app, tmp_path, caplog):
+    """Redis goes away while the worker idles; it waits with backoff and carries on when Redis returns."""
+    import shutil
+    import subprocess
+    import threading
+    import time
+
+    import redis as redis_lib
+    from game.store import Store
+
+    sock = tmp_path / "r.sock"
+
+    def start_redis():
+        proc = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--unixsocket", str(sock),
+                                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = redis_lib.Redis(unix_socket_path=str(sock))
+        for _ in range(200):
+            try:
+                probe.ping()
+                return proc
+            except redis_lib.ConnectionError:
+                time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    server = start_redis()
+    client = redis_lib.Redis(unix_socket_path=str(sock))
+    store = Store(client, app.extensions["store"].model_id)
+    worker = Worker(redis=client, store=store, scorer=app.extensions["scorer"], config=app.config, name="survivor",
+                    top_up=False)
+    worker.prepare()  # models loaded before the loop starts
+    thread = threading.Thread(target=worker.run, kwargs={"idle_s": 0.2}, daemon=True)
+    try:
+        with caplog.at_level(logging.ERROR, logger="captionary.worker"):
+            thread.start()
+            time.sleep(0.5)
+            server.terminate()
+            server.wait(5)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and caplog.text.count("Redis unavailable") < 2:
+                time.sleep(0.1)
+            assert thread.is_alive() and caplog.text.count("Redis unavailable") >= 2  # retried, not crashed
+            server = start_redis()  # an empty Redis again (e.g. restarted without persistence)
+            job_id = JobQueue(client).enqueue(admin.job_payload("a phoenix", **SMALL))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and JobQueue(client).get(job_id).status != "done":
+                time.sleep(0.2)
+            assert JobQueue(client).get(job_id).status == "done"
+    finally:
+        worker.stop.set()
+        thread.join(30)
+        server.terminate()
+        server.wait(5)
+    assert not thread.is_alive()
