@@ -184,12 +184,12 @@ def image(target_id: str):
 
 @bp.get("/jobs")
 def jobs():
-    from game.jobs import JobQueue
+    from game.jobs import STATUSES, JobQueue
     from game.worker import live_workers
     client = current_app.extensions["redis"]
     queue = JobQueue(client)
     status = request.args.get("status") or None
-    if status not in (None, "queued", "running", "done", "failed"):
+    if status not in (None, *STATUSES):
         abort(400)
     return render_template("admin/jobs.html", jobs=queue.list_jobs(status=status, limit=200),
                            counts=queue.counts(), workers=live_workers(client), status=status, now=time.time())

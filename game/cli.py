@@ -240,7 +240,7 @@ def targets_schedule(date, target_ids):
 
 
 @targets.command("jobs")
-@click.option("--status", type=click.Choice(["queued", "running", "done", "failed"]), default=None)
+@click.option("--status", type=click.Choice(["queued", "running", "done", "rejected", "failed"]), default=None)
 @click.option("--limit", type=int, default=50, show_default=True)
 @admin_errors
 def targets_jobs(status, limit):

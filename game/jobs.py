@@ -14,7 +14,8 @@ Keys (all under `captionary:jobs:`):
   index             sorted set job id -> created_at, for listing (trimmed)
   commit:<id>       short-lived lock held while a worker commits the result
 
-Status: queued -> running -> done | failed. A job whose worker died reads
+Status: queued -> running -> done | rejected (finished, no target: below the
+score threshold) | failed (parked after max_attempts). A job whose worker died reads
 "running" until another worker claims it (`list_jobs` shows the heartbeat age).
 The entry is acknowledged (XACK) only after its target is committed, so a crash
 anywhere before that point means a retry, never a loss; the commit itself is
@@ -38,6 +39,7 @@ INDEX = PREFIX + "index"
 INDEX_LIMIT = 1000  # job records kept for `targets jobs` and the admin page
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_VISIBILITY_S = 300.0
+STATUSES = ("queued", "running", "done", "rejected", "failed")
 COMMIT_LOCK_MS = 60_000  # long enough for one add_target; short enough for a dead holder to expire
 
 
@@ -64,7 +66,7 @@ class Job:
 
     id: str
     payload: dict  # what to generate: prompt, size, iterations, seeds, ... (see game.admin.job_payload)
-    status: str  # queued | running | done | failed
+    status: str  # queued | running | done | rejected | failed
     attempts: int = 0  # deliveries so far (from the stream's counter)
     error: Optional[str] = None  # last error; for a failed job, why it was parked
     worker: Optional[str] = None  # consumer name of the last worker that took it
@@ -154,7 +156,7 @@ class JobQueue:
         return jobs
 
     def counts(self) -> dict[str, int]:
-        out = {"queued": 0, "running": 0, "done": 0, "failed": 0}
+        out = {status: 0 for status in STATUSES}
         for job in self.list_jobs(limit=INDEX_LIMIT):
             out[job.status] = out.get(job.status, 0) + 1
         return out
@@ -169,7 +171,7 @@ class JobQueue:
         if extra <= 0:
             return
         for job_id in [_s(i) for i in self.r.zrange(INDEX, 0, extra - 1)]:
-            if _s(self.r.hget(job_key(job_id), "status")) == "done":
+            if _s(self.r.hget(job_key(job_id), "status")) in ("done", "rejected"):
                 self.r.delete(job_key(job_id))
                 self.r.zrem(INDEX, job_id)
 
@@ -218,7 +220,7 @@ class JobQueue:
         if job is None:  # a stream entry without a record: nothing to run
             self._finish_entry(entry_id)
             return None
-        if job.status in ("done", "failed"):  # finished by a worker whose XACK did not land
+        if job.status in ("done", "rejected", "failed"):  # finished by a worker whose XACK did not land
             self._finish_entry(entry_id)
             return None
         attempts = self._deliveries(entry_id)
@@ -269,10 +271,10 @@ class JobQueue:
             self.r.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
                         1, lock, token)
 
-    def complete_without_target(self, job: Job, note: str) -> None:
-        """Finish a job that legitimately produced no target (e.g. below the score threshold)."""
+    def reject(self, job: Job, note: str) -> None:
+        """Finish a job that ran fine but produced no target (below the score threshold): not retried."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(job_key(job.id), mapping={"status": "done", "finished_at": self.clock(), "error": note})
+        pipe.hset(job_key(job.id), mapping={"status": "rejected", "finished_at": self.clock(), "error": note})
         pipe.xack(STREAM, GROUP, job.entry)
         pipe.xdel(STREAM, job.entry)
         pipe.execute()

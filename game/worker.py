@@ -42,6 +42,8 @@ WORKERS_SET = "captionary:workers"
 HEARTBEAT_TTL_S = 60
 TOUCH_EVERY_S = 1.0  # heartbeat + queue touch at most this often during a job
 TOPUP_LOCK = "captionary:jobs:topup-lock"
+TOPUP_PATIENCE = 5  # rejections in a row before top-ups pause
+TOPUP_MAX_PAUSE_S = 600.0
 
 # The template combinator: subject x situation, in paint.wtf's spirit (concrete and a bit absurd).
 SUBJECTS = ("a raccoon", "an elephant", "a penguin", "a giraffe", "a cat", "a fox", "a robot", "an owl",
@@ -123,6 +125,8 @@ class Worker:
         self.models: dict = {}  # loaded once, kept for the life of the process
         self.default_choice: Optional[admin.ModelChoice] = None  # set by prepare()
         self.stop = threading.Event()
+        self.rejected_in_a_row = 0  # top-up images below the threshold since the last accepted one
+        self.topup_not_before = 0.0  # monotonic time; top-ups pause after rejections (see _after_rejection)
         self.started = time.time()
         self.processed = 0
 
@@ -244,12 +248,29 @@ class Worker:
             note = (f"rejected: self-score {seeded.self_score:.4f} below the threshold {min_score:.4f} "
                     f"(prompt {payload['prompt']!r}, seed {seeded.seed})")
             log.info("job %s %s", job.id, note)
-            self.queue.complete_without_target(job, note)
+            self.queue.reject(job, note)
+            if payload.get("source") == "topup":
+                self._after_rejection()
         elif seeded.target_id is None:
             log.warning("job %s: another worker is committing it; leaving it", job.id)
         else:
             log.info("job %s: added target %s, self-score %.4f, seed %d", job.id, seeded.target_id,
                      seeded.self_score, seeded.seed)
+            self.rejected_in_a_row, self.topup_not_before = 0, 0.0
+
+    def _after_rejection(self) -> None:
+        """Pause top-ups after consecutive rejections, doubling up to TOPUP_MAX_PAUSE_S.
+
+        Models that never reach the threshold (random demo weights, a threshold
+        set too high) must not keep a GPU or the CPU busy forever; queued jobs
+        are still taken at once meanwhile.
+        """
+        self.rejected_in_a_row += 1
+        if self.rejected_in_a_row >= TOPUP_PATIENCE:
+            pause = min(TOPUP_MAX_PAUSE_S, self.cfg["WORKER_IDLE_S"] * 2 ** (self.rejected_in_a_row - TOPUP_PATIENCE))
+            self.topup_not_before = time.monotonic() + pause
+            log.warning("%d top-up images in a row scored below %.3f; pausing top-ups for %.0fs",
+                        self.rejected_in_a_row, self.cfg["GAN_MIN_SCORE"], pause)
 
     # -- pool top-up ------------------------------------------------------
     def in_flight_topups(self) -> list:
@@ -285,13 +306,14 @@ class Worker:
 
     # -- main loop --------------------------------------------------------
     def run(self, once: bool = False, idle_s: Optional[float] = None) -> None:
-        """Loop until stopped (SIGTERM/SIGINT); `once`: drain the queue and top up, then return."""
+        """Loop until stopped (SIGTERM/SIGINT); `once`: drain the queue, top up (bounded), then return."""
         idle_s = self.cfg["WORKER_IDLE_S"] if idle_s is None else idle_s
         choice = self.default_choice or self.prepare()
         log.info("worker %s started: judge %s, generating with CLIP %s/%s and VQGAN %s; pool target %d fresh "
                  "GAN targets, threshold %.3f", self.name, self.store.model_id, choice.clip_model,
                  choice.clip_pretrained, choice.vqgan_model, self.cfg["POOL_TARGET"], self.cfg["GAN_MIN_SCORE"])
         backoff = 0.0
+        topups = 0
         try:
             while not self.stop.is_set():
                 try:
@@ -299,7 +321,11 @@ class Worker:
                     if self.process_one():
                         backoff = 0.0
                         continue
-                    if self.top_up_enabled and self.top_up():
+                    # `once`: at most POOL_TARGET top-ups, so a threshold never met cannot loop forever.
+                    may_top_up = self.top_up_enabled and time.monotonic() >= self.topup_not_before and \
+                        not (once and topups >= self.cfg["POOL_TARGET"])
+                    if may_top_up and self.top_up():
+                        topups += 1
                         continue
                     if once:
                         return

@@ -125,7 +125,7 @@ def test_list_jobs_newest_first_and_counts(r):
     b = q.enqueue({"n": 2})
     q.claim("w")
     assert [j.id for j in q.list_jobs()] == [b, a]
-    assert q.counts() == {"queued": 1, "running": 1, "done": 0, "failed": 0}
+    assert q.counts() == {"queued": 1, "running": 1, "done": 0, "rejected": 0, "failed": 0}
 
 
 def test_group_created_after_enqueue_sees_the_job(r):
@@ -151,3 +151,14 @@ def test_released_job_is_claimable_at_once_without_using_an_attempt(r):
     assert q.get(job_id).status == "queued"
     again = q.claim("other")
     assert again.id == job_id and again.attempts == 1 and q.owner(again) == "other"
+
+
+def test_rejected_job_is_finished_and_never_retried(r):
+    q = JobQueue(r, visibility_s=0.05)
+    job_id = q.enqueue({"prompt": "x"})
+    job = q.claim("w")
+    q.reject(job, "rejected: self-score 0.1 below the threshold 0.4")
+    time.sleep(0.08)
+    assert q.claim("w") is None
+    assert q.get(job_id).status == "rejected" and "below the threshold" in q.get(job_id).error
+    assert q.pending_count() == 0

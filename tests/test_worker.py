@@ -155,7 +155,7 @@ def test_threshold_rejects_low_scores_and_logs_why(app, store, caplog):
         assert worker.process_one()
     assert store.list_targets() == []
     job = worker.queue.get(job_id)
-    assert job.status == "done" and job.target_id is None and "below the threshold 0.9900" in job.error
+    assert job.status == "rejected" and job.target_id is None and "below the threshold 0.9900" in job.error
     assert "rejected: self-score" in caplog.text and job.payload["prompt"] in caplog.text
 
 
@@ -305,3 +305,33 @@ def test_worker_survives_a_redis_outage(app, tmp_path, caplog):
         server.terminate()
         server.wait(5)
     assert not thread.is_alive()
+
+
+def test_once_mode_is_bounded_when_nothing_reaches_the_threshold(app, store, caplog):
+    app.config.update(GAN_MIN_SCORE=0.99, POOL_TARGET=2)
+    worker = make_worker(app)
+    with caplog.at_level(logging.INFO, logger="captionary.worker"):
+        worker.run(once=True)
+    jobs = worker.queue.list_jobs()
+    assert len(jobs) == 2 and all(j.status == "rejected" for j in jobs)  # POOL_TARGET tries, then it stops
+    assert store.list_targets() == [] and caplog.text.count("rejected: self-score") == 2
+
+
+def test_top_ups_pause_after_rejections_in_a_row(app, store, caplog):
+    import time
+    from game import worker as worker_mod
+    app.config.update(GAN_MIN_SCORE=0.99)
+    worker = make_worker(app)
+    with caplog.at_level(logging.WARNING, logger="captionary.worker"):
+        for _ in range(worker_mod.TOPUP_PATIENCE):
+            worker.top_up()
+            worker.process_one()
+    assert worker.rejected_in_a_row == worker_mod.TOPUP_PATIENCE
+    assert worker.topup_not_before > time.monotonic() and "pausing top-ups" in caplog.text
+    # A queued admin job is still taken at once during the pause, and an accepted image ends it.
+    app.config["GAN_MIN_SCORE"] = -1.0
+    worker.cfg = admin.settings(app.config)
+    job_id = worker.top_up()
+    worker.process_one()
+    assert worker.queue.get(job_id).status == "done"
+    assert worker.rejected_in_a_row == 0 and worker.topup_not_before == 0.0
