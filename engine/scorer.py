@@ -46,7 +46,8 @@ __all__ = ["CaptionError", "ScorerBusyError", "ScorerClosedError", "Scorer", "va
 log = logging.getLogger(__name__)
 
 _ALLOWED_CONTROLS = frozenset("\t\n\r")  # whitespace the tokenizer folds into a space
-BULK_CHUNK = 256  # embed_texts encodes at most this many captions per compute-lock hold
+BULK_CHUNK = 64  # embed_texts encodes at most this many captions per compute-lock hold
+BULK_YIELD_S = 1.0  # between chunks, bulk work lets waiting live batches go first, for at most this long
 BATCH_WINDOW_CAP = 5  # a batch waits at most this many windows after its first request
 
 
@@ -143,6 +144,7 @@ class Scorer:
                                                    size_of=lambda p: p.nbytes)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._compute = threading.Lock()  # one model computation at a time
+        self._live_waiting = threading.Event()  # the batching thread wants the model (bulk work yields)
         self._submit_lock = threading.Lock()  # orders submissions against close()
         self._stats_lock = threading.Lock()
         self._closed = False
@@ -204,6 +206,7 @@ class Scorer:
             chunk = todo[start:start + BULK_CHUNK]
             if self._closed:
                 raise ScorerClosedError("the scorer is closed")
+            self._yield_to_live()
             with self._compute:
                 results = self.encoder.encode([Job(key) for key in chunk])
             for key, result in zip(chunk, results):
@@ -277,6 +280,13 @@ class Scorer:
         if self.encoder.is_empty(key):
             raise CaptionError("Please write a caption: it has no words the judge can read.")
         return key
+
+    def _yield_to_live(self) -> None:
+        """Bulk work (target and hint embedding) waits while live drafts are queued or about
+        to compute, so an admin's bulk job does not stall players; bounded, so it never starves."""
+        deadline = time.monotonic() + BULK_YIELD_S
+        while (self._live_waiting.is_set() or self._queue.qsize()) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def _remember(self, key: tuple[int, ...], result: Result) -> np.ndarray:
         emb = result.embedding.numpy().astype(np.float32, copy=True)
@@ -367,7 +377,9 @@ class Scorer:
 
     def _encode_isolated(self, jobs: list[Job]) -> list:
         """Encode jobs together; if that fails, one by one, so one failure fails only its own callers."""
+        self._live_waiting.set()
         with self._compute:
+            self._live_waiting.clear()
             started = time.perf_counter()
             try:
                 return self.encoder.encode(jobs)

@@ -29,7 +29,6 @@ def test_many_threads_get_the_same_results_as_sequential(clip):
     work = {t: [f"{i} {nouns[(t + i) % 8]} {'and ' * (i % 5)}thread {t}" for i in range(12)] for t in range(24)}
     work[0] += ["shared caption", "shared caption"]
     work[1] += ["shared caption"]  # the same caption from several threads, maybe in one batch
-    sequential = {c: clip.encode_texts_reference([c])[0].numpy() for cs in work.values() for c in cs}
     results, errors = {}, []
     with Scorer(clip, batch_window_ms=5) as scorer:
         barrier = threading.Barrier(len(work))
@@ -49,6 +48,7 @@ def test_many_threads_get_the_same_results_as_sequential(clip):
             th.join()
         stats = scorer.stats()
     assert not errors
+    sequential = {c: clip.encode_texts_reference([c])[0].numpy() for cs in work.values() for c in cs}
     assert len(results) == sum(len(set(cs)) for cs in work.values())
     for (t, c), got in results.items():
         assert np.abs(got - sequential[c]).max() <= TOL, (t, c)
@@ -171,3 +171,24 @@ def test_bulk_and_live_paths_share_the_model_safely(clip):
         th.join()
     assert np.abs(out["bulk"] - clip.encode_texts_reference(captions).numpy()).max() <= TOL
     assert np.abs(np.stack(live_out) - clip.encode_texts_reference(live).numpy()).max() <= TOL
+
+
+def test_bulk_work_lets_live_drafts_go_first(clip):
+    """embed_texts works in chunks and yields the model to queued live drafts between them."""
+    bulk_captions = [f"bulk hint word {i}" for i in range(64 * 4)]
+    order = []
+    with Scorer(clip, batch_window_ms=0) as scorer:
+        scorer._compute.acquire()  # both the bulk job and the live draft will be waiting
+        try:
+            bulk = threading.Thread(target=lambda: (scorer.embed_texts(bulk_captions), order.append("bulk")))
+            bulk.start()
+            time.sleep(0.05)
+            live = threading.Thread(target=lambda: (scorer.embed_text("a live draft", stream="p"),
+                                                    order.append("live")))
+            live.start()
+            wait_until(lambda: scorer._live_waiting.is_set())
+        finally:
+            scorer._compute.release()
+        bulk.join(timeout=60)
+        live.join(timeout=60)
+    assert order == ["live", "bulk"]  # served after at most one bulk chunk, not after all four
