@@ -255,3 +255,26 @@ def test_onednn_is_chosen_on_cpu_when_available(clip):
     enc = TextEncoder(clip)
     expected = "onednn" if torch.backends.mkldnn.is_available() else "torch"
     assert enc.linear_backend == expected
+
+
+def test_any_text_is_either_a_caption_error_or_exact(clip):
+    """Property: whatever a player types, the scorer refuses it readably or scores it exactly."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    with Scorer(clip, max_caption_chars=120) as s:
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.text(max_size=140)
+               | st.text(alphabet=st.characters(categories=["Cs", "Cc", "Cf", "Zs", "Zl", "Ll", "Lu", "Lo",
+                                                             "Mn", "So", "Sk", "Po", "Nd"]), max_size=60)
+               | st.text(alphabet=" \t\n\u00a0a&;<>_|éü🦝\u200d\x00\x7f\ud83e", max_size=40))
+        def check(text):
+            try:
+                got = s.embed_text(text, stream="fuzz")
+            except CaptionError as exc:
+                assert str(exc)
+                return
+            assert np.abs(got - reference(clip, [text.strip()])[0]).max() <= TOL
+            assert np.abs(got - reference(clip, [text])[0]).max() <= TOL  # stripping changes nothing
+
+        check()
