@@ -8,8 +8,8 @@ stream) and from here:
 
 * one batching thread collects the requests that arrive within
   `batch_window_ms` of each other (at most 5 windows in all) and encodes them
-  together; the queue is bounded and a full
-  queue raises `ScorerBusyError` at once instead of growing latency;
+  together; the queue is bounded and a full queue raises `ScorerBusyError` at
+  once instead of growing latency;
 * an LRU of token ids -> normalised embedding (captions that tokenise alike,
   e.g. differing only in spacing or case, share an entry);
 * per stream key (a player's live-typing stream), the keys/values of the last
@@ -17,7 +17,8 @@ stream) and from here:
 * all model compute runs under one lock, one computation at a time, with
   torch's intra-op threads set by `configure_torch_threads` (default: cores
   minus one, so 1 on a 2-core machine; see there why): request threads only
-  validate, tokenise and wait.
+  validate, tokenise and wait, and bulk work (`embed_texts`) runs in chunks
+  that let waiting live drafts go first.
 
 Bad captions raise `CaptionError` (a ValueError whose message a player can
 read) in the caller's thread before anything is queued, so a bad request never
