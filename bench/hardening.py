@@ -68,7 +68,8 @@ def run_fuzz(workdir: Path, redis_url: str, client, ws_examples: int, http_examp
         t0 = time.perf_counter()
         fuzz_websocket(web.url, puzzles, ws_examples, stats=stats)
         ws_msgs = stats.messages
-        fuzz_http(requests_sender(web.url), puzzles, http_examples, stats=stats)
+        sender = requests_sender(web.url)
+        fuzz_http(sender, puzzles, http_examples, stats=stats)
         elapsed = time.perf_counter() - t0
         after = web.worker_pids()
         if web.proc.poll() is not None or after != pids:
@@ -77,7 +78,8 @@ def run_fuzz(workdir: Path, redis_url: str, client, ws_examples: int, http_examp
         web.stop()
     print(f"fuzz: {stats.messages} messages ({ws_msgs} websocket frames, {stats.messages - ws_msgs} HTTP "
           f"requests) in {elapsed:.1f}s; crashes={stats.crashes} http_500={stats.http_500} "
-          f"bad_replies={stats.bad_replies}")
+          f"bad_replies={stats.bad_replies}; HTTP requests retried on a fresh connection after gunicorn "
+          f"closed a kept-alive one (unread body over 64 KiB): {sender.retries}")
     print("fuzz: replies seen:", ", ".join(f"{k}={v}" for k, v in sorted(stats.replies.items())))
     for kind, detail in stats.examples:
         print(f"fuzz: PROBLEM {kind}: {detail}")
@@ -256,7 +258,7 @@ def main(argv=None) -> int:
         url, puzzle, rate, seconds = args.flood_child
         flood_child(url, puzzle, float(rate), float(seconds))
         return 0
-    ws_examples = args.fuzz_examples or (600 if args.quick else 3600)
+    ws_examples = args.fuzz_examples or (600 if args.quick else 4000)
     http_examples = 400 if args.quick else 1500
     from game import redis_server
     with tempfile.TemporaryDirectory(prefix="captionary-hardening-") as tmp:
@@ -272,8 +274,8 @@ def main(argv=None) -> int:
                 lost = faults["lost_acks"]
                 if not faults["ok"]:
                     print("faults: a scenario check FAILED (see above)")
-            flood = run_flood(workdir, redis_url, client, args.flood_model, typists=4,
-                              rounds=2 if args.quick else 4, round_s=4.0 if args.quick else 6.0)
+            flood = run_flood(workdir, redis_url, client, args.flood_model, typists=4 if args.quick else 6,
+                              rounds=2 if args.quick else 5, round_s=4.0 if args.quick else 6.0)
             if not flood["throttled"]:
                 print("flood: the flooder was NOT throttled")
         finally:

@@ -257,7 +257,18 @@ def requests_sender(base_url: str):
     session.get(base_url + "/", timeout=10)
 
     def send(method, path, headers, body):
-        resp = session.request(method, base_url + path, headers=headers, data=body, timeout=30,
-                               allow_redirects=False)
+        try:
+            resp = session.request(method, base_url + path, headers=headers, data=body, timeout=30,
+                                   allow_redirects=False)
+        except requests.ConnectionError:
+            # gunicorn drains at most 64 KiB of a body the app did not read (a 413, or a refused
+            # form); past that it closes the kept-alive connection after answering, and the next
+            # request on it fails before any response. Browsers retry such a request on a fresh
+            # connection, and so does this client, once; a server that is really gone fails again.
+            send.retries += 1
+            session.close()
+            resp = session.request(method, base_url + path, headers=headers, data=body, timeout=30,
+                                   allow_redirects=False)
         return resp.status_code, resp.headers.get("Content-Type", ""), resp.content
+    send.retries = 0
     return send
