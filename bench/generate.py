@@ -27,7 +27,7 @@ peak_gib is torch.cuda.max_memory_allocated on CUDA; on CPU it is "n/a" (the
 process's peak RSS, which covers the whole run, is printed on an info line).
 
 Usage: python bench/generate.py [--quick] [--sizes 256 512 1024] [--cutn 32] [--steps 10]
-       [--seeds 16] [--batch-size 256] [--repeats 3] [--compile] [--device cuda]
+       [--seeds 16] [--batch-size 256] [--repeats 3] [--threads N] [--compile] [--device cuda]
 """
 from __future__ import annotations
 
@@ -184,6 +184,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, help="timed windows per measurement; the best one counts")
     parser.add_argument("--batch-size", type=int, help="size for the batched-seeds line")
     parser.add_argument("--compile", action="store_true", help="engine with torch.compile")
+    parser.add_argument("--threads", type=int, help="CPU intra-op threads (default: 1 with --quick on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -196,6 +197,11 @@ def main(argv=None) -> int:
     repeats = args.repeats or (2 if quick else 3)
     batch_size = args.batch_size or (64 if quick else 256)
 
+    # On a shared 2-core machine, OpenMP's spin-waiting with 2 threads made identical runs
+    # differ 10x; one thread per side gives comparable numbers (both sides get the same).
+    threads = args.threads or (1 if quick and device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; random weights (speed only, images meaningless)")
     clip = load_clip("ViT-B-32", "random", device=device)
