@@ -256,7 +256,7 @@ def generation_config(payload: dict, defaults: dict):
 
 @dataclass
 class Seeded:
-    """What `seed_target` produced."""
+    """What `generate_target` produced."""
 
     target_id: Optional[str]  # None when rejected below the threshold
     self_score: float  # the judge's cosine between the prompt and the image
@@ -264,6 +264,15 @@ class Seeded:
     history: list
     settings: dict
     elapsed_s: float
+
+
+def score_text(prompt: str) -> str:
+    """The text a prompt's self-score is measured against (the engine's rule: final segment, positive parts)."""
+    from engine.generate import GenerationConfig
+    try:
+        return GenerationConfig(prompts=prompt).resolved_score_text()
+    except ValueError:
+        return prompt
 
 
 def judge_score(scorer: Any, prompt: str, embedding) -> float:
@@ -279,22 +288,30 @@ def generate_target(store: Any, scorer: Any, clip: Any, vqgan: Any, payload: dic
     """Generate one image for `payload` and add it to the pool as a GAN target.
 
     The embedding stored is the judge's (store.model_id); the self-score is the
-    judge's cosine to the prompt, so players compete against the model they are
-    scored by. Below `min_score` nothing is written. The target is written in
-    one `add_target` call at the very end, so an interruption leaves nothing.
-    `commit(write)` lets the worker wrap that write in the queue's idempotent commit.
+    judge's cosine to the prompt's score text, so players compete against the
+    model they are scored by. Below `min_score` nothing is written. The target
+    is written by one `add_target` call at the very end, and joins the pool only
+    with its embedding (the store's last step), so an interruption never leaves
+    a half-made target in the pool; a worker's retry completes one that lacks
+    its embedding (`find_job_target`). `commit(write)` lets the worker wrap the
+    write in the queue's idempotent commit.
     """
-    from engine.generate import generate
+    from engine.generate import GenerationOutOfMemoryError, generate
     config = generation_config(payload, defaults)
     started = time.monotonic()
     try:
         result = generate(config, clip, vqgan, on_step=on_step)
     except (ValueError, TypeError) as exc:
         raise AdminError(f"generation refused the settings: {exc}") from exc
+    except GenerationOutOfMemoryError as exc:  # the message says what to lower
+        raise AdminError(str(exc)) from exc
     elapsed = time.monotonic() - started
     image = result.image.convert("RGB")
     embedding = scorer.embed_image(image)
-    score = result.self_score if clip.model_id == scorer.model_id else judge_score(scorer, payload["prompt"], embedding)
+    # Same model: the engine already scored through the judge's path. Another CLIP generated it:
+    # the judge scores the same text (the prompt's positive final segment) against its own embedding.
+    score = result.self_score if clip.model_id == scorer.model_id else \
+        judge_score(scorer, getattr(result, "score_text", None) or score_text(payload["prompt"]), embedding)
     settings_ = {k: payload[k] for k in ("size", "iterations", "seeds", "keep", "cutn") if payload.get(k) is not None}
     settings_.update({"clip_model": clip.model_id, "vqgan_model": vqgan.model_id,
                       "pretrained": bool(clip.is_pretrained and getattr(vqgan, "is_pretrained", False)),
@@ -338,9 +355,12 @@ def find_job_target(store: Any, job_id: str, scorer: Any = None) -> Optional[str
         if target.status == "pending" and scorer is not None:
             import io
             from PIL import Image
+            from game import hints
             with Image.open(io.BytesIO(store.target_image(target.id))) as img:
                 embedding = scorer.embed_image(img.convert("RGB"))
-            store.set_embedding(target.id, embedding, self_score=judge_score(scorer, target.prompt, embedding))
+            word, hint_score = hints.hint_for(store, scorer, embedding)
+            self_score = judge_score(scorer, score_text(target.prompt), embedding)
+            store.set_embedding(target.id, embedding, self_score=self_score, hint_word=word, hint_score=hint_score)
         return target.id
     return None
 

@@ -122,7 +122,10 @@ def test_retry_after_a_crash_between_image_and_embedding_finishes_the_target(app
     job = worker.queue.get(job_id)
     assert job.status == "done" and job.target_id == tid and job.attempts == 2
     [target] = store.list_targets(kind="gan")
-    assert target.id == tid and target.status == "ready" and target.self_score is not None
+    assert target.id == tid and target.status == "ready" and target.hint_word
+    scorer = app.extensions["scorer"]
+    expected = float(scorer.embed_texts(["a castle made of cheese"])[0] @ store.target_embedding(tid))
+    assert target.self_score == pytest.approx(expected, abs=1e-5)
 
 
 def test_top_up_fills_the_pool_then_stops(app, store, caplog):
