@@ -9,9 +9,13 @@ then loops:
   2. when there is no job, top the pool up: if fewer than POOL_TARGET fresh GAN
      targets are ready for the coming days, enqueue one generation from a prompt
      picked from assets/prompts.txt or the template combinator, with the
-     GAN_MIN_SCORE threshold; a below-threshold image is logged and dropped.
+     GAN_MIN_SCORE threshold; a below-threshold image is logged and dropped
+     (job status "rejected"). After TOPUP_PATIENCE rejections in a row, top-ups
+     pause (doubling, up to TOPUP_MAX_PAUSE_S) so models that never reach the
+     threshold do not keep the machine busy forever; queued jobs still run.
 Top-ups go through the queue too, so they get the same retry-after-kill
-guarantees and several workers never generate the same thing twice.
+guarantees and several workers never generate the same thing twice. Redis
+outages are waited out with backoff; SIGTERM hands a running job back at once.
 
 Each worker keeps a heartbeat hash `captionary:workers:{name}` (expires after
 HEARTBEAT_TTL_S) with its state and current job; `live_workers()` reads them.
