@@ -188,9 +188,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for both paths (default: the scorer's, cores - 1)")
     args = parser.parse_args(argv)
-    n_captions = args.captions or (96 if args.quick else 512)
+    n_captions = args.captions or (64 if args.quick else 512)
     typing_rounds = 1 if args.quick else 2
-    max_typing_words = 7 if args.quick else 14
+    max_typing_words = 6 if args.quick else 14
 
     threads = configure_torch_threads(args.threads)  # before anything runs: both paths use the same
     clip = load_clip(args.model, "random")
