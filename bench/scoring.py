@@ -20,7 +20,10 @@ slows both sides alike. The last line is machine-readable:
 
   scoring: naive=<x>/s engine=<y>/s ratio=<r> typing_ratio=<t> p99_ms=<p> max_abs_diff=<d>
 
-Usage: python bench/scoring.py [--quick] [--captions N] [--players N] [--seed S]
+Usage: python bench/scoring.py [--quick] [--captions N] [--players N] [--seed S] [--threads N]
+(full: 512 captions and two rounds of 32 typing players, a few minutes;
+--quick: 64 captions and one round of shorter captions, under a minute on an
+idle machine). Both paths run with the scorer's torch thread setting.
 """
 from __future__ import annotations
 
