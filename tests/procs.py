@@ -46,8 +46,8 @@ def server_env(redis_url: str, instance: str, **extra) -> dict:
 class Gunicorn:
     """One web process group (gunicorn master + its worker) from the Procfile line."""
 
-    def __init__(self, redis_url: str, workdir: Path, name: str = "web", **settings):
-        self.port = free_port()
+    def __init__(self, redis_url: str, workdir: Path, name: str = "web", port: int | None = None, **settings):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         instance = Path(workdir) / f"{name}-instance"
         instance.mkdir(parents=True, exist_ok=True)
