@@ -20,6 +20,9 @@ Headers (setdefault: a view that needs something else sets its own first):
 
 In production the session cookie is also `Secure` (CAPTIONARY_COOKIE_SECURE=false turns
 that off for a deployment that really serves plain HTTP, e.g. behind a VPN).
+
+`FrameBudget` is the websocket flood guard game/ws.py applies per connection
+(CAPTIONARY_FRAME_RATE frames/s, bursts of CAPTIONARY_FRAME_BURST; 60 and 120 by default).
 """
 from __future__ import annotations
 
@@ -65,7 +68,16 @@ def _headers(response):
 
 
 def init_app(app) -> None:
-    from game.config import _as_bool
+    from game.config import ConfigError, _as_bool
+    # CAPTIONARY_FRAME_RATE / CAPTIONARY_FRAME_BURST: the per-connection flood guard (FrameBudget),
+    # checked here so a bad value fails at start-up, not on the first websocket.
+    for key, default in (("FRAME_RATE", 60.0), ("FRAME_BURST", 120.0)):
+        try:
+            app.config[key] = float(app.config.get(key, default))
+        except (TypeError, ValueError):
+            raise ConfigError(f"CAPTIONARY_{key} must be a number, not {app.config.get(key)!r}") from None
+        if app.config[key] <= 0:
+            raise ConfigError(f"CAPTIONARY_{key} must be positive, not {app.config[key]!r}")
     if app.config.get("ENV") == "production":
         app.config["SESSION_COOKIE_SECURE"] = _as_bool(app.config.get("COOKIE_SECURE", True))
     app.jinja_env.globals["csp_nonce"] = csp_nonce

@@ -188,6 +188,10 @@ def http_requests(real: list[str]):
         st.builds(lambda p: f"/api/board?puzzle={p}", pid),
         st.builds(lambda d: f"/api/daily?date={d}", st.one_of(DAYS, q)),
         st.builds(lambda s: "/" + s, SEGMENT),
+        # Valid routes with real ids, so the fuzz also walks the success paths under odd neighbours.
+        st.builds(lambda p, r: f"/{r}{p}", st.sampled_from(real),
+                  st.sampled_from(["play/", "api/state?puzzle=", "api/board?puzzle="])),
+        st.builds(lambda d, r: f"/{r}{d}", day_of, st.sampled_from(["leaderboard/", "reveal/", "api/daily?date="])),
     )
     json_bodies = st.one_of(valid_messages(real).map(json.dumps), messages(real).map(json.dumps), json_value.map(json.dumps), st.text(max_size=100),
                             st.integers(1, 3000).map(lambda n: "[" * n + "]" * n))

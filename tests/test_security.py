@@ -229,6 +229,13 @@ def test_frame_budget_drops_a_flood_before_parsing():
     assert budget.admit(list(range(20)))[0] == list(range(20))  # refilled to the burst, no further
 
 
+def test_bad_flood_guard_settings_fail_at_start(tmp_path, redis_url, redis_client, clock):
+    from game.config import ConfigError
+    for bad in ("fast", 0, -5):
+        with pytest.raises(ConfigError, match="CAPTIONARY_FRAME_RATE"):
+            make_app(tmp_path, redis_url, clock, FRAME_RATE=bad)
+
+
 def test_flooding_socket_is_cut_to_its_budget_and_recovers(tmp_path, redis_url, redis_client, clock, seeded):
     import threading
     from werkzeug.serving import make_server
