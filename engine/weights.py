@@ -145,6 +145,7 @@ def offline_message(entry: WeightsEntry, missing: list[Path]) -> str:
     for path in missing:
         lines.append(f"  expected file: {path}")
     lines.append(f"  download them:  flask --app game models download {entry.name}")
+    lines.append(f"    (where the app itself cannot start: python -m game.cli models download {entry.name})")
     lines.append(f"  or copy the file(s) there by hand (set {MODELS_DIR_ENV} to use another folder)")
     if entry.env_override:
         lines.append(f"  or point {entry.env_override}=/path/to/{entry.files[0].filename} at a copy")
