@@ -8,6 +8,7 @@ for code under test that takes REDIS_URL.
 from __future__ import annotations
 
 import io
+import threading
 
 import pytest
 
@@ -75,3 +76,26 @@ def png_bytes(color=(200, 40, 40), size=(32, 24)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "PNG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A real HTTP server on 127.0.0.1 over tmp_path/www: the "internet" of download tests."""
+    import http.server
+
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
-
 import pytest
 
 from engine import weights
@@ -22,27 +19,6 @@ def app(redis_client, redis_url, tmp_path):
 def cli(app):
     runner = app.test_cli_runner()
     return lambda *args, input=None: runner.invoke(args=list(args), input=input, catch_exceptions=False)
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A local HTTP server over tmp_path/www (the "internet" of these tests)."""
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture

@@ -1,33 +1,10 @@
 """Tests for the weights registry: resolving, offline messages, verified downloads over real HTTP."""
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
 
 from engine import weights
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving files from a temp folder."""
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
@@ -46,8 +23,8 @@ def entry_factory():
         weights.REGISTRY.pop(name, None)
 
 
-def test_download_verifies_and_renames(http_root, tmp_path, entry_factory):
-    root, base = http_root
+def test_download_verifies_and_renames(served, tmp_path, entry_factory):
+    root, base = served
     payload = b"x" * 3_000_000
     (root / "model.bin").write_bytes(payload)
     entry_factory([f"{base}/model.bin"], len(payload), hashlib.sha256(payload).hexdigest())
@@ -59,16 +36,16 @@ def test_download_verifies_and_renames(http_root, tmp_path, entry_factory):
     assert not list((tmp_path / "models").rglob("*.partial"))
 
 
-def test_mirror_used_when_primary_fails(http_root, tmp_path, entry_factory):
-    root, base = http_root
+def test_mirror_used_when_primary_fails(served, tmp_path, entry_factory):
+    root, base = served
     (root / "mirror.bin").write_bytes(b"abc")
     entry_factory([f"{base}/missing.bin", f"{base}/mirror.bin"], 3, None)
     path = weights.download("test-weights", tmp_path)[0]
     assert path.read_bytes() == b"abc"
 
 
-def test_checksum_mismatch_leaves_nothing_that_looks_complete(http_root, tmp_path, entry_factory):
-    root, base = http_root
+def test_checksum_mismatch_leaves_nothing_that_looks_complete(served, tmp_path, entry_factory):
+    root, base = served
     (root / "model.bin").write_bytes(b"tampered")
     entry_factory([f"{base}/model.bin"], None, "0" * 64)
     with pytest.raises(weights.WeightsVerificationError, match="sha256"):
@@ -78,8 +55,8 @@ def test_checksum_mismatch_leaves_nothing_that_looks_complete(http_root, tmp_pat
         weights.resolve("test-weights", tmp_path / "models")
 
 
-def test_truncated_download_is_rejected(http_root, tmp_path, entry_factory):
-    root, base = http_root
+def test_truncated_download_is_rejected(served, tmp_path, entry_factory):
+    root, base = served
     (root / "model.bin").write_bytes(b"short")
     entry_factory([f"{base}/model.bin"], 1000, None)
     with pytest.raises(weights.WeightsVerificationError, match="size"):
