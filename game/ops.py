@@ -28,6 +28,7 @@ and HTTP) is counted the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import json
@@ -239,8 +240,9 @@ class Drain:
     @staticmethod
     def _close(conn) -> None:
         ws = conn.ws
+        lock = getattr(conn, "_send_lock", None) or contextlib.nullcontext()
         try:
-            with conn._send_lock:  # never interleave the close frame with a reply being written
+            with lock:  # never interleave the close frame with a reply being written
                 ws.close(CLOSE_SERVICE_RESTART, "server restarting, reconnect")
         except Exception:
             pass  # already closed by the client

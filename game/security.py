@@ -93,7 +93,12 @@ class FrameBudget:
     budget are dropped unread; the client gets one `slow_down` notice per second instead
     of a reply to each. The defaults (60 frames/s, bursts of 120) are several times what
     the play page sends while someone types (a draft per pause or word, plus pings).
+    A client still sending more than 5x its budget after 3 s is marked `abusive` and the
+    socket is closed with 1008 (policy violation).
     """
+
+    ABUSE_WINDOW_S = 3.0  # a client that keeps sending ABUSE_FACTOR x its budget for this long is cut off
+    ABUSE_FACTOR = 5.0
 
     def __init__(self, rate: float = 60.0, burst: float = 120.0, clock=None):
         import time
@@ -102,6 +107,8 @@ class FrameBudget:
         self.tokens, self.stamp = self.burst, self.clock()
         self.dropped = 0  # frames dropped since the last notice
         self.noticed = -1e9
+        self.window_start, self.window_dropped = self.stamp, 0
+        self.abusive = False  # set once: the caller closes the socket (1008, policy violation)
 
     def admit(self, frames: list) -> tuple[list, int | None]:
         """(frames to handle, number dropped to report now or None). Keeps the oldest frames."""
@@ -111,6 +118,13 @@ class FrameBudget:
         n = min(len(frames), int(self.tokens))
         self.tokens -= n
         self.dropped += len(frames) - n
+        # Even dropped unread, each frame costs the websocket layer some parsing; a client that
+        # keeps flooding far past its budget is not a page (which never gets near it): cut it off.
+        self.window_dropped += len(frames) - n
+        if now - self.window_start >= self.ABUSE_WINDOW_S:
+            limit = self.ABUSE_FACTOR * self.rate * (now - self.window_start)
+            self.abusive = self.abusive or self.window_dropped > limit
+            self.window_start, self.window_dropped = now, 0
         if self.dropped and now - self.noticed >= 1.0:
             reported, self.dropped, self.noticed = self.dropped, 0, now
             return frames[:n], reported

@@ -199,6 +199,9 @@ def websocket(ws):
             batch, dropped = budget.admit(batch)
             if dropped and not conn.send(error("slow_down", f"slow down: {dropped} message(s) ignored")):
                 return
+            if budget.abusive:  # still flooding far past the budget: stop paying for its frames
+                ws.close(1008, "too many messages")
+                return
             if not batch:
                 continue
             with drain.busy(conn) if drain is not None else contextlib.nullcontext():

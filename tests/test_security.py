@@ -227,6 +227,11 @@ def test_frame_budget_drops_a_flood_before_parsing():
     assert len(kept) == 10 and dropped == 2 + 5
     now[0] += 5.0
     assert budget.admit(list(range(20)))[0] == list(range(20))  # refilled to the burst, no further
+    assert not budget.abusive  # bursts are throttled, not punished
+    for _ in range(40):  # then 100 frames every 0.1 s (1,000/s) for 4 s: 100x the budget, sustained
+        now[0] += 0.1
+        budget.admit(list(range(100)))
+    assert budget.abusive
 
 
 def test_bad_flood_guard_settings_fail_at_start(tmp_path, redis_url, redis_client, clock):
@@ -247,7 +252,7 @@ def test_flooding_socket_is_cut_to_its_budget_and_recovers(tmp_path, redis_url, 
         session = requests.Session()
         session.get(url + "/")
         ws = WSClient(url, f"captionary={session.cookies['captionary']}", url)
-        for _ in range(200):
+        for _ in range(40):  # a one-off burst: cut to the budget, not cut off
             ws.send({"type": "ping"})
         replies = []
         ws.ws.settimeout(1.5)
@@ -258,10 +263,54 @@ def test_flooding_socket_is_cut_to_its_budget_and_recovers(tmp_path, redis_url, 
             pass
         pongs = [r for r in replies if r["type"] == "pong"]
         notices = [r for r in replies if r.get("code") == "slow_down"]
-        assert 10 <= len(pongs) <= 30 and notices and "ignored" in notices[0]["message"]
+        assert 10 <= len(pongs) <= 20 and notices and "ignored" in notices[0]["message"]
         time.sleep(1.0)
         ws.ws.settimeout(10)
         assert ws.ask({"type": "ping"}, "pong")  # the budget refills: a real player is never stuck
         ws.close()
+    finally:
+        server.shutdown()
+
+
+def test_a_sustained_flood_is_cut_off_with_1008(tmp_path, redis_url, redis_client, clock, seeded):
+    import threading
+    from werkzeug.serving import make_server
+    app = make_app(tmp_path, redis_url, clock, FRAME_RATE=5, FRAME_BURST=10)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        session = requests.Session()
+        session.get(url + "/")
+        ws = WSClient(url, f"captionary={session.cookies['captionary']}", url)
+        reader_done = threading.Event()
+        close_code = []
+
+        def read():
+            import websocket
+            while True:
+                try:
+                    frame = ws.ws.recv_frame()
+                except Exception:
+                    break
+                if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                    close_code.append(int.from_bytes(frame.data[:2], "big"))
+                    break
+            reader_done.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not reader_done.is_set() and time.monotonic() < deadline:
+            try:
+                ws.send({"type": "ping"})  # ~100+/s for seconds: 20x the budget, sustained
+            except Exception:
+                break
+            time.sleep(0.005)
+        reader_done.wait(5)
+        assert close_code == [1008]
+        # A new connection starts with a fresh budget (the page would reconnect; a script must slow down).
+        again = WSClient(url, f"captionary={session.cookies['captionary']}", url)
+        assert again.ask({"type": "ping"})["type"] == "pong"
+        again.close()
     finally:
         server.shutdown()
