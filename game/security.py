@@ -90,8 +90,9 @@ class FrameBudget:
     The shared per-player draft bucket (Redis) answers `slow_down`, but a client flooding
     at 1,000 frames/s would still cost a JSON parse and a reply per frame, and a Redis round
     trip per batch, all on the process that serves other players. Frames beyond this
-    budget are dropped unread; the client gets one `slow_down` notice per second instead
-    of a reply to each. The defaults (60 frames/s, bursts of 120) are several times what
+    budget are dropped unread; the client gets one `slow_down` notice per batch read (a
+    flooder's frames arrive many to a batch) instead of a reply to each, so a client
+    that waits for an answer to each message always gets one. The defaults (60 frames/s, bursts of 120) are several times what
     the play page sends while someone types (a draft per pause or word, plus pings).
     A client still sending more than 5x its budget after 3 s is marked `abusive` and the
     socket is closed with 1008 (policy violation).
@@ -105,19 +106,16 @@ class FrameBudget:
         self.rate, self.burst = float(rate), float(burst)
         self.clock = clock or time.monotonic
         self.tokens, self.stamp = self.burst, self.clock()
-        self.dropped = 0  # frames dropped since the last notice
-        self.noticed = -1e9
         self.window_start, self.window_dropped = self.stamp, 0
         self.abusive = False  # set once: the caller closes the socket (1008, policy violation)
 
     def admit(self, frames: list) -> tuple[list, int | None]:
-        """(frames to handle, number dropped to report now or None). Keeps the oldest frames."""
+        """(frames to handle, number dropped from this batch or None). Keeps the oldest frames."""
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         n = min(len(frames), int(self.tokens))
         self.tokens -= n
-        self.dropped += len(frames) - n
         # Even dropped unread, each frame costs the websocket layer some parsing; a client that
         # keeps flooding far past its budget is not a page (which never gets near it): cut it off.
         self.window_dropped += len(frames) - n
@@ -125,7 +123,4 @@ class FrameBudget:
             limit = self.ABUSE_FACTOR * self.rate * (now - self.window_start)
             self.abusive = self.abusive or self.window_dropped > limit
             self.window_start, self.window_dropped = now, 0
-        if self.dropped and now - self.noticed >= 1.0:
-            reported, self.dropped, self.noticed = self.dropped, 0, now
-            return frames[:n], reported
-        return frames[:n], None
+        return frames[:n], (len(frames) - n) or None

@@ -195,7 +195,7 @@ def websocket(ws):
             while len(batch) < MAX_BATCH and (more := ws.receive(timeout=0)) is not None:
                 batch.append(more)
             # Flood guard (game/security.py FrameBudget): frames over the per-connection budget are
-            # dropped before parsing, with one slow_down notice a second instead of a reply each.
+            # dropped before parsing, with one slow_down notice per batch instead of a reply each.
             batch, dropped = budget.admit(batch)
             if dropped and not conn.send(error("slow_down", f"slow down: {dropped} message(s) ignored")):
                 return

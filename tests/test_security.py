@@ -221,10 +221,12 @@ def test_frame_budget_drops_a_flood_before_parsing():
     kept, dropped = budget.admit(list(range(50)))
     assert kept == list(range(20)) and dropped == 30
     kept, dropped = budget.admit([1, 2])
-    assert kept == [] and dropped is None  # one notice a second, not one per batch
+    assert kept == [] and dropped == 2  # one notice per batch: a client waiting for a reply gets one
     now[0] += 1.0
     kept, dropped = budget.admit(list(range(15)))
-    assert len(kept) == 10 and dropped == 2 + 5
+    assert len(kept) == 10 and dropped == 5
+    now[0] += 0.05
+    assert budget.admit([1]) == ([], 1)
     now[0] += 5.0
     assert budget.admit(list(range(20)))[0] == list(range(20))  # refilled to the burst, no further
     assert not budget.abusive  # bursts are throttled, not punished
@@ -264,6 +266,8 @@ def test_flooding_socket_is_cut_to_its_budget_and_recovers(tmp_path, redis_url, 
         pongs = [r for r in replies if r["type"] == "pong"]
         notices = [r for r in replies if r.get("code") == "slow_down"]
         assert 10 <= len(pongs) <= 20 and notices and "ignored" in notices[0]["message"]
+        # Every frame was answered: by its pong, or counted in a notice.
+        assert len(pongs) + sum(int(n["message"].split(": ")[1].split()[0]) for n in notices) == 40
         time.sleep(1.0)
         ws.ws.settimeout(10)
         assert ws.ask({"type": "ping"}, "pong")  # the budget refills: a real player is never stuck
