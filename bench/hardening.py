@@ -102,7 +102,8 @@ def run_faults(workdir: Path, redis_url: str, client) -> dict:
     client.flushall()
     w = faults.two_webs_scenario(redis_url, client, workdir / "two-webs", dim)
     print(f"faults: two web processes: cross-process push={w['push_seen']} logged once={w['logged_once']}; "
-          f"after kill -9 of one: survivor errors={w['survivor_errors']} reconnects={w['survivor_reconnects']} "
+          f"after kill -9 of one: survivor errors={w['survivor_errors']} {w['survivor_error_codes']} "
+          f"reconnects={w['survivor_reconnects']} "
           f"scores after the kill={w['survivor_scores_after_kill']}; moved players reconnected="
           f"{w['movers_reconnected']} resumed={w['movers_resumed']}; lost={w['lost_acks']} "
           f"duplicates={w['duplicates']}")
@@ -111,7 +112,8 @@ def run_faults(workdir: Path, redis_url: str, client) -> dict:
                            "tests/test_worker_kill.py"], cwd=ROOT, capture_output=True, text=True)
     tail = (proc.stdout.strip().splitlines() or ["?"])[-1]
     print(f"faults: worker kill -9 mid-job (tests/test_worker_kill.py): {tail} in {time.perf_counter() - t0:.1f}s")
-    ok = (w["push_seen"] and w["logged_once"] and w["survivor_errors"] == 0 and w["movers_resumed"]
+    ok = (w["push_seen"] and w["logged_once"] and w["survivor_errors"] == 0 and w["survivor_reconnects"] == 0
+          and w["movers_resumed"]
           and r["duplicates"] == 0 and w["duplicates"] == 0 and proc.returncode == 0)
     return {"lost_acks": r["lost_acks"] + w["lost_acks"], "ok": ok}
 
