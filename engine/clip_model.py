@@ -85,6 +85,23 @@ class LoadedClip:
         return F.normalize(self.model.encode_image(batch).float(), dim=-1)
 
 
+class ClipCheckpointError(ValueError):
+    """A local CLIP checkpoint file that cannot be loaded (unsafe, truncated, or another architecture)."""
+
+
+def _create_from_file(name: str, path: str, **kwargs):
+    """open_clip's loader (torch.load with weights_only=True) with one readable error for bad files."""
+    import open_clip
+    try:
+        return open_clip.create_model_and_transforms(name, pretrained=path, **kwargs)
+    except Exception as exc:  # unpickling, zip, size-mismatch and key errors all mean "wrong file"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only load failed" in str(exc).lower() or "unpickl" in type(exc).__name__.lower():
+            reason = ("it holds objects other than tensors, and loading them could run code "
+                      "(only plain state dicts saved with torch.save are accepted)")
+        raise ClipCheckpointError(f"cannot load CLIP checkpoint {path} as {name}: {reason}") from exc
+
+
 def _finish(model, name, pretrained, model_id, is_pretrained, device, preprocess) -> LoadedClip:
     import open_clip
     model = model.to(device).eval().requires_grad_(False)
@@ -112,7 +129,8 @@ def load_clip(name: str, pretrained: str, device: str | torch.device = "cpu",
     `name="test-tiny"` is the shipped random test model (pretrained must be
     "random" or empty). Raises `weights.WeightsUnavailableError` with a message
     saying where to put the file when a pretrained tag's weights are absent,
-    and ValueError for an unknown model or tag.
+    `ClipCheckpointError` for a file that cannot be loaded safely, and
+    ValueError for an unknown model or tag.
     """
     import open_clip
     _register_configs()
@@ -131,7 +149,7 @@ def load_clip(name: str, pretrained: str, device: str | torch.device = "cpu",
         return _finish(model, name, RANDOM, f"{name}/random", False, device, preprocess)
 
     if os.path.isfile(pretrained):
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        model, _, preprocess = _create_from_file(name, pretrained)
         model_id = f"{name}/file:{Path(pretrained).name}"
         return _finish(model, name, pretrained, model_id, True, device, preprocess)
 
@@ -142,8 +160,8 @@ def load_clip(name: str, pretrained: str, device: str | torch.device = "cpu",
         raise ValueError(f"no weights known for CLIP {name} with pretrained={pretrained!r} "
                          f"(registered tags: {', '.join(known) or 'none'}; or pass a checkpoint file path)")
     path = weights.resolve(entry.name, models_dir)[0]  # raises WeightsUnavailableError with the how-to
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=str(path), force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+    model, _, preprocess = _create_from_file(
+        name, str(path), force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
         **{f"image_{k}": tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
            if tag_cfg.get(k) is not None},
     )

@@ -72,3 +72,17 @@ def test_unknown_model_and_tag_are_value_errors():
         load_clip("ViT-B-32", "no-such-tag")
     with pytest.raises(ValueError, match="random weights only"):
         load_clip("test-tiny", "openai")
+
+
+def test_truncated_or_mismatched_checkpoint_is_one_clear_error(tmp_path):
+    from engine.clip_model import ClipCheckpointError
+    tiny = load_clip("test-tiny", "random")
+    good = tmp_path / "tiny.bin"
+    torch.save(tiny.model.state_dict(), good)
+    truncated = tmp_path / "truncated.bin"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ClipCheckpointError, match="truncated.bin as test-tiny"):
+        load_clip("test-tiny", str(truncated))
+    # A test-tiny state dict is not a ViT-B-32: shapes differ.
+    with pytest.raises(ClipCheckpointError, match="tiny.bin as ViT-B-32"):
+        load_clip("ViT-B-32", str(good))
