@@ -96,9 +96,12 @@ def _create_from_file(name: str, path: str, **kwargs):
         return open_clip.create_model_and_transforms(name, pretrained=path, **kwargs)
     except Exception as exc:  # unpickling, zip, size-mismatch and key errors all mean "wrong file"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only load failed" in str(exc).lower() or "unpickl" in type(exc).__name__.lower():
+        text = str(exc)
+        if "Unsupported global" in text or "GLOBAL" in text:
             reason = ("it holds objects other than tensors, and loading them could run code "
                       "(only plain state dicts saved with torch.save are accepted)")
+        elif "Weights only load failed" in text or "central directory" in text or "load key" in text:
+            reason = "it is not a torch checkpoint, or it is truncated"
         raise ClipCheckpointError(f"cannot load CLIP checkpoint {path} as {name}: {reason}") from exc
 
 
