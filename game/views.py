@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import redis
 from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template,
                    request, session, url_for)
 
@@ -57,7 +58,10 @@ def _assign_player():
 @bp.app_context_processor
 def _page_context():
     pid = session.get("player")
-    name = _store().display_name(pid) if players.is_valid_player_id(pid) else ""
+    try:
+        name = _store().display_name(pid) if players.is_valid_player_id(pid) else ""
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        name = ""  # the "database unavailable" page must still render
     return {"today": _store().today(), "public_player": public_id(pid) if pid else "", "my_name": name}
 
 
@@ -247,8 +251,27 @@ def _error_page(exc):
     return render_template("error.html", title=titles.get(code, "Error"), message=message), code
 
 
+UNAVAILABLE_MESSAGE = ("The game's database is briefly unavailable, so your last action was not recorded. "
+                       "Please try again in a few seconds.")
+
+
+def _database_unavailable(exc):
+    """Redis down or unreachable: a 503 the page and API clients retry, never a 500."""
+    current_app.logger.warning("redis unavailable during %s %s: %s", request.method, request.path, exc)
+    if request.path.startswith("/api/") or request.path == "/ws":
+        resp = jsonify(error("unavailable", UNAVAILABLE_MESSAGE))
+    else:
+        resp = current_app.make_response(
+            (render_template("error.html", title="Back in a moment", message=UNAVAILABLE_MESSAGE), 503))
+    resp.status_code = 503
+    resp.headers["Retry-After"] = "5"
+    return resp
+
+
 def init_app(app) -> None:
     app.register_blueprint(bp)
+    app.register_error_handler(redis.exceptions.ConnectionError, _database_unavailable)
+    app.register_error_handler(redis.exceptions.TimeoutError, _database_unavailable)
     # Security headers (CSP, nosniff, framing) come from game/security.py for every response.
     for code in (400, 404, 405, 413, 500):
         app.register_error_handler(code, _error_page)

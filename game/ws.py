@@ -19,6 +19,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+import redis
 from flask import Blueprint, current_app, jsonify, request, session
 from flask_sock import Sock
 
@@ -238,6 +239,10 @@ def handle_batch(game, hub, conn: Connection, frames, max_bytes: int):
             yield dispatch(game, hub, conn, msg)
         except ProtocolError as exc:
             yield exc.reply()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("redis unavailable handling %s: %s", msg.get("type"), exc)
+            yield error("unavailable", "the game's database is briefly unavailable, so this was not "
+                        "recorded; please try again in a few seconds", msg.get("seq"))
         except Exception:
             log.exception("unexpected error handling %s", msg.get("type"))
             yield error("internal", "something went wrong on our side; please try again",

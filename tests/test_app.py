@@ -220,3 +220,20 @@ def test_an_all_digit_secret_from_the_environment_still_signs_cookies(tmp_path, 
     assert app.config["SECRET_KEY"] == "12345678901234567890123"
     client = app.test_client()
     assert client.get("/").status_code == 200 and client.get_cookie("captionary") is not None
+
+
+def test_redis_down_is_a_503_to_retry_never_a_500(tmp_path, clock):
+    from game import redis_server
+    instance = tmp_path / "instance"
+    app = make_app(tmp_path, None, clock, REDIS_URL=None)  # its own embedded server, which we then stop
+    client = app.test_client()
+    assert client.get("/").status_code == 200
+    assert redis_server.stop(str(instance))
+    try:
+        resp = client.post("/api/submit", json={"puzzle": "2026-01-01/1", "caption": "a cat"})
+        assert resp.status_code == 503 and resp.headers["Retry-After"]
+        assert resp.get_json()["code"] == "unavailable" and "not recorded" in resp.get_json()["message"]
+        page = client.get("/")
+        assert page.status_code == 503 and b"try again" in page.data
+    finally:
+        redis_server.stop(str(instance))
