@@ -67,7 +67,7 @@ def _page_context():
 
 @bp.route("/")
 def today():
-    store, game, pid = _store(), _game(), current_player()
+    store, pid = _store(), current_player()
     day = store.today()
     cards = []
     for puzzle in store.puzzles_for(day):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
 from web_fixtures import *  # noqa: F401,F403
 

@@ -6,7 +6,6 @@ and the job must end with exactly one target.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from game import admin
 from game.jobs import JobQueue
