@@ -10,30 +10,18 @@ minimal example (strict mode).
 from __future__ import annotations
 
 from web_fixtures import *  # noqa: F401,F403
-from web_fixtures import make_app
+from web_fixtures import make_app, serving
 from fuzzing import fuzz_http, fuzz_websocket, flask_client_sender
 
 FAST = dict(DRAFT_RATE=1e6, DRAFT_BURST=1e6, SUBMIT_RATE=1e6, SUBMIT_BURST=1e6, MAX_SUBMISSIONS=1000,
             FRAME_RATE=1e6, FRAME_BURST=1e6)
 
 
-def _server(app):
-    import threading
-    from werkzeug.serving import make_server
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    server.url = f"http://127.0.0.1:{server.server_port}"
-    return server
-
-
 def test_websocket_fuzz_every_frame_gets_a_well_formed_reply(tmp_path, redis_url, clock, seeded):
     # Rates lifted so fuzzed drafts and submissions reach the scorer and the store, not just the limiter.
     app = make_app(tmp_path / "fuzz", redis_url, clock, **FAST)
-    server = _server(app)
-    try:
+    with serving(app) as server:
         stats = fuzz_websocket(server.url, [p.id for p in seeded], examples=300, strict=True)
-    finally:
-        server.shutdown()
     print("websocket fuzz replies:", sorted(stats.replies.items()))
     assert stats.messages >= 300 and stats.crashes == 0 and stats.bad_replies == 0
     # The run reached the scorer and the store, not only the parser.

@@ -14,7 +14,7 @@ import signal
 import pytest
 
 from web_fixtures import *  # noqa: F401,F403
-from web_fixtures import make_app
+from web_fixtures import make_app, serving
 import procs
 
 pytestmark = pytest.mark.browser
@@ -48,12 +48,12 @@ def _score_shown(page):
 
 
 def test_pages_work_under_the_enforced_csp(browser, tmp_path, redis_url, clock, seeded):
-    import threading
-    from werkzeug.serving import make_server
     app = make_app(tmp_path, redis_url, clock, ADMIN_TOKEN="browser-admin-token-123")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
+    with serving(app) as server:
+        _browse_under_csp(browser, server.url, seeded)
+
+
+def _browse_under_csp(browser, url, seeded):
     ctx, page = _page(browser)
     try:
         for path in ("/", "/how", "/archive", "/leaderboard", "/nickname"):
@@ -68,7 +68,6 @@ def test_pages_work_under_the_enforced_csp(browser, tmp_path, redis_url, clock, 
         assert page.csp_violations == [] and page.errors == []
     finally:
         ctx.close()
-        server.shutdown()
 
 
 def test_page_reconnects_by_itself_across_a_gunicorn_restart(browser, redis_url, redis_client, tiny_clip, tmp_path):

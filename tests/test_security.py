@@ -14,10 +14,9 @@ import re
 import time
 
 import pytest
-import requests
 
 from web_fixtures import *  # noqa: F401,F403
-from web_fixtures import make_app, WSClient
+from web_fixtures import WSClient, make_app, new_player_cookie, serving
 
 PAGES = ["/", "/how", "/archive", "/nickname", "/leaderboard"]
 
@@ -112,17 +111,11 @@ def app_board_size(client, puzzle):
 
 
 def test_websocket_allowed_origins_setting(tmp_path, redis_url, redis_client, clock, seeded):
-    import threading
     import websocket
-    from werkzeug.serving import make_server
     app = make_app(tmp_path, redis_url, clock, ALLOWED_ORIGINS="https://play.example.org")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    try:
-        session = requests.Session()
-        session.get(url + "/")
-        cookie = f"captionary={session.cookies['captionary']}"
+    with serving(app) as server:
+        url = server.url
+        cookie = new_player_cookie(url)
         ws = WSClient(url, cookie, origin="https://play.example.org")
         assert ws.ask({"type": "ping"})["type"] == "pong"
         ws.close()
@@ -130,8 +123,6 @@ def test_websocket_allowed_origins_setting(tmp_path, redis_url, redis_client, cl
             with pytest.raises(websocket.WebSocketBadStatusException) as info:
                 WSClient(url, cookie, origin=origin)
             assert info.value.status_code == 403, origin
-    finally:
-        server.shutdown()
 
 
 def test_cookie_signed_with_another_key_is_a_new_player(tmp_path, redis_url, redis_client, clock, seeded):
@@ -247,16 +238,11 @@ def test_bad_flood_guard_settings_fail_at_start(tmp_path, redis_url, redis_clien
 
 
 def test_flooding_socket_is_cut_to_its_budget_and_recovers(tmp_path, redis_url, redis_client, clock, seeded):
-    import threading
-    from werkzeug.serving import make_server
     app = make_app(tmp_path, redis_url, clock, FRAME_RATE=5, FRAME_BURST=10)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    try:
-        session = requests.Session()
-        session.get(url + "/")
-        ws = WSClient(url, f"captionary={session.cookies['captionary']}", url)
+    with serving(app) as server:
+        url = server.url
+        cookie = new_player_cookie(url)
+        ws = WSClient(url, cookie, url)
         for _ in range(40):  # a one-off burst: cut to the budget, not cut off
             ws.send({"type": "ping"})
         replies = []
@@ -275,21 +261,15 @@ def test_flooding_socket_is_cut_to_its_budget_and_recovers(tmp_path, redis_url, 
         ws.ws.settimeout(10)
         assert ws.ask({"type": "ping"}, "pong")  # the budget refills: a real player is never stuck
         ws.close()
-    finally:
-        server.shutdown()
 
 
 def test_a_sustained_flood_is_cut_off_with_1008(tmp_path, redis_url, redis_client, clock, seeded):
     import threading
-    from werkzeug.serving import make_server
     app = make_app(tmp_path, redis_url, clock, FRAME_RATE=5, FRAME_BURST=10)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    try:
-        session = requests.Session()
-        session.get(url + "/")
-        ws = WSClient(url, f"captionary={session.cookies['captionary']}", url)
+    with serving(app) as server:
+        url = server.url
+        cookie = new_player_cookie(url)
+        ws = WSClient(url, cookie, url)
         reader_done = threading.Event()
         close_code = []
 
@@ -316,8 +296,6 @@ def test_a_sustained_flood_is_cut_off_with_1008(tmp_path, redis_url, redis_clien
         reader_done.wait(5)
         assert close_code == [1008]
         # A new connection starts with a fresh budget (the page would reconnect; a script must slow down).
-        again = WSClient(url, f"captionary={session.cookies['captionary']}", url)
+        again = WSClient(url, cookie, url)
         assert again.ask({"type": "ping"})["type"] == "pong"
         again.close()
-    finally:
-        server.shutdown()

@@ -102,18 +102,10 @@ def test_past_days_are_practice(app, seeded, ws_connect, clock):
 
 
 def test_draft_flood_gets_slow_down(tmp_path, redis_url, redis_client, clock, seeded, live_server):
-    from werkzeug.serving import make_server
-    import threading
-    import requests
     slow = make_app(tmp_path / "slow", redis_url, clock, DRAFT_RATE=1.0, DRAFT_BURST=3)
-    server = make_server("127.0.0.1", 0, slow, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}"
-        session = requests.Session()
-        session.get(url + "/")
-        ws = WSClient(url, f"captionary={session.cookies['captionary']}", url)
+    with serving(slow) as server:
+        url = server.url
+        ws = WSClient(url, new_player_cookie(url), url)
         codes = []
         for seq in range(1, 8):  # one at a time: none is overtaken, each is answered
             codes.append(ws.ask({"type": "draft", "seq": seq, "puzzle": seeded[0].id, "caption": f"flood {seq}"}))
@@ -122,9 +114,6 @@ def test_draft_flood_gets_slow_down(tmp_path, redis_url, redis_client, clock, se
         assert all(c["seq"] == i + 1 for i, c in enumerate(codes))
         assert ws.ask({"type": "ping"})["type"] == "pong"
         ws.close()
-    finally:
-        server.shutdown()
-        thread.join(10)
 
 
 def test_foreign_origin_and_missing_cookie_are_refused(live_server, ws_connect):
@@ -144,34 +133,26 @@ def test_foreign_origin_and_missing_cookie_are_refused(live_server, ws_connect):
 def test_board_changes_are_pushed_through_redis_to_another_server(tmp_path, redis_url, clock, seeded,
                                                                    app, ws_connect):
     """A submission on one server reaches a socket on a second server: the push goes through Redis."""
-    from werkzeug.serving import make_server
-    import threading
     import requests
     other_app = make_app(tmp_path / "other", redis_url, clock)
-    other = make_server("127.0.0.1", 0, other_app, threaded=True)
-    thread = threading.Thread(target=other.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(other_app) as other:
         p = seeded[2].id
         watcher, _ = ws_connect()
         sub = watcher.ask({"type": "subscribe", "puzzles": [p]})
         assert sub["type"] == "board" and sub["entries"] == []
         assert watcher.recv()["type"] == "subscribed"
 
-        url = f"http://127.0.0.1:{other.server_port}"
+        url = other.url
         session = requests.Session()
-        session.get(url + "/")
+        cookie = new_player_cookie(url, session)
         session.post(url + "/api/nickname", json={"nickname": "Grace"})
-        writer = WSClient(url, f"captionary={session.cookies['captionary']}", url)
+        writer = WSClient(url, cookie, url)
         result = writer.ask({"type": "submit", "puzzle": p, "caption": "a secret caption"}, "result")
         push = watcher.recv_until("board")
         assert push["puzzle"] == p and push["captions_hidden"] is True
         assert [(e["nickname"], e["score"]) for e in push["entries"]] == [("Grace", result["score"])]
         assert "caption" not in push["entries"][0] and "secret" not in json.dumps(push)
         writer.close()
-    finally:
-        other.shutdown()
-        thread.join(10)
 
 
 def test_hint_is_remembered(app, seeded, ws_connect):

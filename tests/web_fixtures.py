@@ -6,6 +6,7 @@ Redis, clock and tiny-CLIP fixtures come from tests/conftest.py.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 
@@ -14,7 +15,7 @@ import pytest
 from conftest import png_bytes
 
 __all__ = ["app", "client", "seeded", "live_server", "ws_connect", "WSClient", "TEST_CONFIG", "make_app",
-           "player_cookie"]
+           "player_cookie", "serving", "new_player_cookie"]
 
 TEST_CONFIG = {
     "TESTING": True,
@@ -76,17 +77,37 @@ def player_cookie(test_client) -> str:
     return f"captionary={cookie.value}"
 
 
-@pytest.fixture
-def live_server(app):
-    """The app served for real on 127.0.0.1 (werkzeug's threaded server) in a background thread."""
+@contextlib.contextmanager
+def serving(app):
+    """Serve `app` for real on 127.0.0.1 (werkzeug's threaded server) in a background thread.
+
+    Yields the server, with its base URL as `.url`; shuts it down on exit.
+    """
     from werkzeug.serving import make_server
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.url = f"http://127.0.0.1:{server.server_port}"
-    yield server
-    server.shutdown()
-    thread.join(10)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def new_player_cookie(base_url: str, session=None) -> str:
+    """Load the page as a new browser would and return its session cookie as a Cookie header value."""
+    import requests
+    session = session or requests.Session()
+    session.get(base_url + "/")
+    return f"captionary={session.cookies['captionary']}"
+
+
+@pytest.fixture
+def live_server(app):
+    """The app served for real on 127.0.0.1 in a background thread (see `serving`)."""
+    with serving(app) as server:
+        yield server
 
 
 class WSClient:
@@ -125,14 +146,11 @@ class WSClient:
 @pytest.fixture
 def ws_connect(live_server):
     """Open websocket clients as a browser would: GET / first for the session cookie, same Origin."""
-    import requests
     opened = []
 
     def connect(cookie: str | None = None, origin: str | None = "same"):
         if cookie is None:
-            session = requests.Session()
-            session.get(live_server.url + "/")
-            cookie = f"captionary={session.cookies['captionary']}"
+            cookie = new_player_cookie(live_server.url)
         if origin == "same":
             origin = live_server.url
         conn = WSClient(live_server.url, cookie, origin)
