@@ -9,7 +9,7 @@
   GET  /api/board?puzzle=ID        the puzzle's leaderboard
   GET  /api/daily?date=YYYY-MM-DD  the day's leaderboard
 
-Bodies go through the same `parse_message` as websocket frames, and replies
+Bodies go through the same `validate_message` as websocket frames, and replies
 are the same messages. POSTs must be `application/json` (a cross-site form
 cannot send that without a CORS preflight, which we never grant) and, when
 the browser sends an Origin, come from this site.
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, jsonify, request
 
 from game import puzzles as pz
-from game.protocol import ProtocolError, board_entry, parse_message, public_id
+from game.protocol import ProtocolError, board_entry, public_id, validate_message
 from game.views import current_player
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -51,6 +51,9 @@ def _action(kind: str) -> dict:
     if not request.is_json:
         raise ProtocolError("bad_json", "send a JSON body with Content-Type: application/json")
     raw = request.get_data(cache=False)
+    limit = current_app.config["MAX_FRAME_BYTES"] + 64  # the websocket frame limit, plus room for "type"
+    if len(raw) > limit:
+        raise ProtocolError("too_big", f"message of {len(raw)} bytes is over the {limit}-byte limit")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -60,7 +63,7 @@ def _action(kind: str) -> dict:
     body["type"] = kind
     if kind == "draft":
         body.setdefault("seq", 0)
-    return parse_message(json.dumps(body), current_app.config["MAX_FRAME_BYTES"] + 64)
+    return validate_message(body)
 
 
 def _run(fn):

@@ -65,6 +65,11 @@ def parse_message(raw, max_bytes: int) -> dict:
         msg = json.loads(raw)
     except (ValueError, RecursionError):
         raise ProtocolError("bad_json", "that message is not valid JSON") from None
+    return validate_message(msg)
+
+
+def validate_message(msg) -> dict:
+    """Check a decoded message's type and fields (shared by websocket frames and HTTP bodies)."""
     if not isinstance(msg, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object with a \"type\"")
     seq = msg.get("seq") if _is_seq(msg.get("seq")) else None
