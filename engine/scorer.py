@@ -76,7 +76,9 @@ def validate_caption(caption: Any, max_chars: int = 200) -> str:
         raise CaptionError("Please write a caption: it is empty.")
     if len(text) > max_chars:
         raise CaptionError(f"That caption is too long: {len(text)} characters, the limit is {max_chars}.")
-    for ch in text:
+    # The whole caption, not just `text`: str.strip() also removes some control characters
+    # (U+001C-U+001F, U+0085) that the tokenizer would not treat as whitespace.
+    for ch in caption:
         if "\ud800" <= ch <= "\udfff":
             raise CaptionError("The caption contains a broken character (an unpaired surrogate); "
                                "please retype it.")

@@ -144,7 +144,8 @@ def test_embedding_bytes_round_trip():
 
 
 BAD = [None, 42, 3.5, b"bytes", ["a list"], "", "   \t\n ", "\u3000\u00a0", "a\x00b", "bell\x07", "a\x1bb",
-       "del\x7f", "c1\x85control", "lone \ud800 surrogate", "low \udfff", "x" * 1001, "&nbsp;", "&nbsp; &nbsp;"]
+       "del\x7f", "c1\x85control", "0\x85", "trailing unit separator\x1f", "\x1cleading",
+       "lone \ud800 surrogate", "low \udfff", "x" * 1001, "&nbsp;", "&nbsp; &nbsp;"]
 
 
 @pytest.mark.parametrize("bad", BAD)
