@@ -483,7 +483,7 @@ def schedule(store: Any, date_text: str, target_ids: Iterable[str]) -> list:
 def puzzle_rows(store: Any, day: str) -> list[list]:
     """Rows for `puzzles show`: puzzle id, target, kind, self-score, prompt or title, state."""
     rows = []
-    for puzzle in store.puzzles_for(day):
+    for puzzle in store.preview_day(day):
         t = store.get_target(puzzle.target_id)
         label = (t.prompt if t and t.kind == "gan" else None) or puzzle.title or (t.title if t else None) or ""
         rows.append([puzzle.id, puzzle.target_id, puzzle.kind, fmt_score(t.self_score if t else None),

@@ -28,6 +28,7 @@ from typing import Optional
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from engine.images import png_without_metadata
 from game import hints
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,7 @@ def normalize_photo(data: bytes, *, max_side: int = MAX_SIDE, max_bytes: int = M
             raise PhotoError(f"the image is damaged or truncated ({exc})") from None
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.LANCZOS)
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
+    return png_without_metadata(image)  # EXIF, ICC profiles and comments of the upload stay behind
 
 
 def _flatten(img: Image.Image) -> Image.Image:

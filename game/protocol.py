@@ -124,6 +124,7 @@ class Game:
         self._embeddings: OrderedDict[str, object] = OrderedDict()
         self._emb_lock = threading.Lock()
         self._puzzles: dict[str, tuple] = {}  # frozen puzzles by id -> (Puzzle, expiry)
+        self._shown: tuple[float, frozenset] = (-1e9, frozenset())  # (when read, targets players have seen)
 
     # -- lookups ---------------------------------------------------------------------------------
     def puzzle(self, puzzle_id: str, seq=None):
@@ -156,6 +157,18 @@ class Game:
         if puzzle is None:
             raise ProtocolError("unknown_puzzle", f"no puzzle {puzzle_id!r}", seq)
         return puzzle, day == self.today()
+
+    def image_is_public(self, target_id: str) -> bool:
+        """Whether players may see this target's image: shown today or on a past puzzle day.
+        A per-process copy (a page load fetches several images at once), read again after a few
+        seconds, or after one second for an id it lacks (a day that just began, a rescheduled
+        today) but never more often, so requests for unknown ids cost no Redis work."""
+        read_at, shown = self._shown
+        now = time.monotonic()
+        if now - read_at > PUZZLE_CACHE_S or (target_id not in shown and now - read_at > 1.0):
+            shown = frozenset(self.store.shown_target_ids())
+            self._shown = (now, shown)
+        return target_id in shown
 
     def today(self) -> dt.date:
         """The puzzle day (UTC) by the store's clock, so the web and the store always agree."""

@@ -35,6 +35,11 @@ def utc_date(epoch_s: float) -> str:
     return dt.datetime.fromtimestamp(epoch_s, tz=dt.timezone.utc).date().isoformat()
 
 
+def epoch_day(date) -> int:
+    """Days since 1970-01-01 (what a unix time divided by 86,400 rounds down to)."""
+    return dt.date.fromisoformat(parse_date(date)).toordinal() - dt.date(1970, 1, 1).toordinal()
+
+
 def add_days(date: str, days: int) -> str:
     return (dt.date.fromisoformat(parse_date(date)) + dt.timedelta(days=days)).isoformat()
 

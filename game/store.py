@@ -119,6 +119,29 @@ def _decode_day(composite) -> tuple[int, int]:
     return c // DAY_SHIFT, DAY_SHIFT - 1 - c % DAY_SHIFT
 
 
+class RedisClock:
+    """Unix time by the Redis server's clock: one clock for every web process, worker and CLI.
+
+    Each process's own clock may drift or sit in another time zone's idea of midnight; the
+    puzzle day must not depend on which process answered. TIME is read once per
+    `refresh_s` and carried forward on this process's monotonic clock, so the hot path
+    (every draft asks for today) costs no round trip.
+    """
+
+    def __init__(self, client: redis.Redis, refresh_s: float = 30.0):
+        self.r, self.refresh_s = client, float(refresh_s)
+        self._offset: Optional[float] = None
+        self._next = 0.0
+
+    def __call__(self) -> float:
+        mono = time.monotonic()
+        if self._offset is None or mono >= self._next:
+            seconds, micros = self.r.time()
+            self._offset = seconds + micros / 1e6 - time.monotonic()
+            self._next = mono + self.refresh_s
+        return mono + self._offset
+
+
 class Store(TargetsMixin):
     """All Captionary state for one CLIP model, in Redis. Cheap to construct; thread-safe."""
 
@@ -136,7 +159,8 @@ class Store(TargetsMixin):
         self.puzzles_per_day = int(puzzles_per_day)
         self.max_submissions = int(max_submissions)
         self.max_caption_chars = int(max_caption_chars)
-        self.clock = clock or time.time
+        # Tests pin the day with their own clock; everything else shares the Redis server's.
+        self.clock = clock or RedisClock(redis_client)
         self._m = f"cap:m:{model_id}:"
         self._submit = self.r.register_script((_LUA_DIR / "submit.lua").read_text())
         self._practice = self.r.register_script((_LUA_DIR / "practice.lua").read_text())
@@ -238,8 +262,13 @@ class Store(TargetsMixin):
         p, d = self._pz(puzzle.id), self._day(puzzle.date)
         keys = [p + "count", p + "best", p + "board", d + ":seq", d + ":tot", d + ":board", d + ":log",
                 f"{p}att:{player_id}"]
+        pinned_today = "" if isinstance(self.clock, RedisClock) else str(int(self.now() // 86400))
         reply = self._submit(keys=keys, args=[player_id, _q(score), repr(score), caption, now_ms,
-                                              self.max_submissions, puzzle.id])
+                                              self.max_submissions, puzzle.id, pz.epoch_day(puzzle.date),
+                                              pinned_today])
+        if reply[0] == b"day":
+            raise SubmissionError("day_over", f"puzzle {puzzle.id} is not today's: submissions are taken "
+                                              f"only on {puzzle.date} (UTC)")
         if reply[0] == b"cap":
             raise SubmissionError("cap_reached", f"no submissions left on this puzzle "
                                                  f"(the limit is {self.max_submissions} per day)")

@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from engine.images import has_png_metadata, strip_png_metadata
 from game import puzzles as pz
 
 KINDS = ("gan", "photo")
@@ -92,6 +93,12 @@ class TargetsMixin:
             raise ValueError("target images are stored as PNG bytes (normalise them with game.photos first)")
         if kind == "gan" and not prompt:
             raise ValueError("a GAN target needs the prompt it was generated from")
+        # Served to players as stored: the engine's text chunks hold the secret prompt and seed
+        # (kept here in the hash instead), and a photo's EXIF may hold a place or a name.
+        try:
+            image_png = strip_png_metadata(bytes(image_png))
+        except ValueError as exc:
+            raise ValueError(f"the target image is not a valid PNG: {exc}") from None
         sha = hashlib.sha256(image_png).hexdigest()
         existing = self.find_by_sha(sha)
         if existing is not None:
@@ -183,6 +190,15 @@ class TargetsMixin:
             raise KeyError(f"no image for target {target_id!r}")
         return data
 
+    def public_target_image(self, target_id: str) -> bytes:
+        """The PNG players may download: never any metadata. Images stored before targets were
+        cleaned on the way in are cleaned here once, and the clean bytes replace them."""
+        data = self.target_image(target_id)
+        if has_png_metadata(data):
+            data = strip_png_metadata(data)
+            self.r.set(f"cap:target:{target_id}:image", data, xx=True)
+        return data
+
     def target_embedding(self, target_id: str) -> np.ndarray:
         """This model's L2-normalised float32 embedding of the target."""
         data = self.r.hget(self._m + f"emb:{target_id}", "embedding")
@@ -269,21 +285,47 @@ class TargetsMixin:
         pipe.execute()
 
     def puzzles_for(self, date) -> list[Puzzle]:
-        """The day's puzzles. Today's set is frozen on first computation (SET NX: every process
-        gets the same set) once the pool fills a day. Other days that were never frozen (the
-        future, or a past day nobody opened), and a pool too small, give an unfrozen preview:
-        requests for arbitrary dates never write anything."""
+        """The day's puzzles, for players: only real puzzle days have any.
+
+        A frozen day gives its snapshot. Today's set is frozen on first computation
+        (SET NX: every process gets the same set) once the pool fills a day; a pool
+        too small gives an unfrozen preview of today until the first submission.
+        Any other day that was never frozen (a past day nobody played, a future
+        day) has no puzzles: browsing dates never reveals the pool, and never writes.
+        Admins look ahead with `preview_day`."""
         date = pz.parse_date(date)
         snaps = self._frozen(date)
         if snaps is not None:
             return self._puzzles(date, snaps, True)
+        if self.day_state(date) != "today":
+            return []
         ids = self._choose(date)
         if not ids:
             return []
-        if self.day_state(date) != "today" or len(ids) < self.puzzles_per_day:
+        if len(ids) < self.puzzles_per_day:
             return self._puzzles(date, [self._snapshot_of(t) for t in ids], False)
         self._freeze(date, [self._snapshot_of(t) for t in ids], overwrite=False, scheduled=False)
         return self._puzzles(date, self._frozen(date), True)
+
+    def preview_day(self, date) -> list[Puzzle]:
+        """Admins only: a day's puzzles as frozen, or as they would be chosen from today's pool
+        (unfrozen) for a day not frozen yet. Writes nothing, not even for today."""
+        date = pz.parse_date(date)
+        snaps = self._frozen(date)
+        if snaps is not None:
+            return self._puzzles(date, snaps, True)
+        return self._puzzles(date, [self._snapshot_of(t) for t in self._choose(date)], False)
+
+    def shown_target_ids(self) -> set[str]:
+        """Targets players have been shown: today's puzzles and every earlier frozen day's.
+        Only these images are served publicly; the rest of the pool stays unseen until its day."""
+        today = self.today()
+        days = [d.decode() for d in self.r.zrangebyscore(self._m + "days", "-inf", pz.ordinal(today))]
+        shown = {p.target_id for p in self.puzzles_for(today)}
+        for raw in (self.r.mget([self._m + f"day:{d}" for d in days if d < today]) if days else []):
+            if raw:
+                shown.update(s["target_id"] for s in json.loads(raw)["puzzles"])
+        return shown
 
     def freeze_day(self, date) -> list[Puzzle]:
         """Freeze today's set now, even from a small pool (a submission needs fixed puzzles)."""

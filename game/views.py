@@ -129,6 +129,8 @@ def leaderboard(day):
     if state == "future":
         abort(404, description=f"{day} has not started yet")
     puzzles = store.puzzles_for(day) if state == "today" else _past_puzzles(day)
+    if not puzzles:
+        abort(404, description=f"{day} was not a puzzle day")
     boards = [game.board(p.id, viewer=pid) for p in puzzles]
     daily = [board_entry(e, pid) for e in store.daily_leaderboard(day)]
     return render_template("leaderboard.html", day=day, ranked=state == "today", boards=boards, daily=daily)
@@ -227,10 +229,13 @@ def nickname():
 
 @bp.route("/target/<target_id>.png")
 def target_image(target_id):
-    if not _TARGET_ID.match(target_id):
-        abort(404)
+    """A target's picture, once players have been shown it (today's puzzles, past puzzle days).
+    The rest of the pool answers 404 like an unknown id: tomorrow's pictures stay unseen, and
+    admins see them under /admin/."""
+    if not _TARGET_ID.match(target_id) or not _game().image_is_public(target_id):
+        abort(404, description="no such image")
     try:
-        data = _store().target_image(target_id)
+        data = _store().public_target_image(target_id)
     except KeyError:
         abort(404, description="no such image")
     resp = Response(data, mimetype="image/png")

@@ -1,5 +1,7 @@
 """Puzzle days: deterministic choice, freezing, scheduling, removal that never rewrites the past."""
 import numpy as np
+import time
+
 import pytest
 
 from conftest import png_bytes
@@ -72,10 +74,12 @@ def test_small_pool_is_a_preview_until_someone_submits(store):
     assert sorted(p.target_id for p in frozen) == sorted(ids)
 
 
-def test_future_days_are_previews_and_today_is_frozen(store, clock):
+def test_future_days_have_no_puzzles_for_players_and_a_preview_for_admins(store, clock):
     _add(store, 5)
     tomorrow = pz.add_days(store.today(), 1)
-    assert not any(p.frozen for p in store.puzzles_for(tomorrow))
+    assert store.puzzles_for(tomorrow) == []
+    preview = store.preview_day(tomorrow)
+    assert len(preview) == 3 and not any(p.frozen for p in preview)
     assert store.days() == []
 
 
@@ -166,6 +170,41 @@ def test_looking_at_arbitrary_dates_writes_nothing(store, redis_client):
     _add(store, 5)
     keys = set(redis_client.keys("*"))
     for date in ("1999-01-01", "2026-06-14", "2026-06-16", "2999-12-31"):
-        assert len(store.puzzles_for(date)) == 3 and not store.puzzles_for(date)[0].frozen
-    assert store.get_puzzle("1999-01-01/1").frozen is False
+        assert store.puzzles_for(date) == []  # never a puzzle day: nothing from the pool
+        assert len(store.preview_day(date)) == 3 and not store.preview_day(date)[0].frozen
+    assert store.get_puzzle("1999-01-01/1") is None
     assert set(redis_client.keys("*")) == keys and store.days() == []
+
+
+def test_only_shown_targets_are_public(store, clock):
+    ids = _add(store, 6)
+    today = store.puzzles_for(store.today())
+    assert store.shown_target_ids() == {p.target_id for p in today}
+    tomorrow = pz.add_days(store.today(), 1)
+    unseen = sorted(set(ids) - store.shown_target_ids())
+    store.schedule(tomorrow, unseen[:2])
+    assert not store.shown_target_ids() & set(unseen)  # a scheduled day is not shown before it starts
+    clock.advance(86400)
+    assert set(unseen[:2]) <= store.shown_target_ids()  # ...and is once it has
+    assert {p.target_id for p in today} <= store.shown_target_ids()  # past days stay public
+
+
+def test_submission_for_a_day_that_is_not_today_by_the_shared_clock_is_refused(redis_client):
+    from game.store import RedisClock, Store, SubmissionError
+    real = Store(redis_client, "test-tiny/random")
+    assert isinstance(real.clock, RedisClock)
+    sec, _ = redis_client.time()
+    assert abs(real.now() - sec) < 2
+    _add(real, 3)
+    puzzle = real.puzzles_for(real.today())[0]
+    # A web process whose clock runs two days late sees that old day as today; the submission
+    # script checks the day against the Redis server's TIME itself and refuses.
+    two_days_ago = Store(redis_client, "test-tiny/random", clock=lambda: sec - 2 * 86400)
+    old = two_days_ago.puzzles_for(two_days_ago.today())[0]
+    skewed = Store(redis_client, "test-tiny/random")
+    skewed.clock._offset, skewed.clock._next = sec - 2 * 86400 - time.monotonic(), float("inf")
+    assert skewed.day_state(old.date) == "today"
+    with pytest.raises(SubmissionError, match="not today's"):
+        skewed.submit(P1, old.id, "late", 0.2)
+    assert two_days_ago.board_size(old.id) == 0
+    assert real.submit(P1, puzzle.id, "on time", 0.2).submissions_left == real.max_submissions - 1

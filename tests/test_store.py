@@ -139,7 +139,9 @@ def test_bad_submissions_are_refused_with_codes(store, day):
              (P1, day[0], "ok", float("nan"), "bad_score"), (P1, day[0], "ok", 3.0, "bad_score"),
              (P1, day[0], "ok", "high", "bad_score"), ("x", day[0], "ok", 0.1, "bad_player"),
              (P1, "2026-06-15/9", "ok", 0.1, "unknown_puzzle"), (P1, "nonsense", "ok", 0.1, "unknown_puzzle"),
-             (P1, "2026-06-16/1", "ok", 0.1, "not_started")]
+             (P1, "2026-06-16/1", "ok", 0.1, "unknown_puzzle"),  # a future day nobody scheduled has no puzzles
+             (P1, "2026-06-17/1", "ok", 0.1, "not_started")]
+    store.schedule("2026-06-17", [store.get_puzzle(day[0]).target_id])
     for player, puzzle, caption, score, code in cases:
         with pytest.raises(SubmissionError) as info:
             store.submit(player, puzzle, caption, score)

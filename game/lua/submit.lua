@@ -2,8 +2,12 @@
 -- KEYS: 1 count hash, 2 best hash, 3 puzzle board zset, 4 day seq counter,
 --       5 day totals hash, 6 day board zset, 7 day log stream, 8 player's attempts list
 -- ARGV: 1 player id, 2 q (score in micro-units, integer), 3 score (exact text),
---       4 caption, 5 time ms, 6 max submissions, 7 puzzle id
--- Returns {"cap", count} when the cap is reached (nothing written), else
+--       4 caption, 5 time ms, 6 max submissions, 7 puzzle id,
+--       8 the puzzle's day (days since 1970-01-01, UTC),
+--       9 today's day number from a pinned test clock, or "" for the Redis server's TIME
+-- Returns {"day", today} when the puzzle's day is not today by the server's clock (the one
+-- clock every process shares, so a web process with a skewed clock cannot record into
+-- yesterday or tomorrow), {"cap", count} when the cap is reached (nothing written either way), else
 -- {"ok", count, seq, improved, best_score_text, rank0}.
 --
 -- Ties go to the earlier submission: board scores are composite integers,
@@ -12,6 +16,14 @@
 -- seq first; every value stays below 2^53, so doubles hold it exactly.
 local player, q, score, caption = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local now_ms, max_subs, puzzle = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+
+local today = tonumber(ARGV[9])
+if today == nil then
+  today = math.floor(tonumber(redis.call('TIME')[1]) / 86400)
+end
+if tonumber(ARGV[8]) ~= today then
+  return {'day', today}
+end
 
 local count = tonumber(redis.call('HGET', KEYS[1], player) or '0')
 if count >= max_subs then
