@@ -9,7 +9,7 @@ import torch
 from engine.clip_model import load_clip
 from engine.scorer import Scorer
 from engine.text_encoder import Job
-from tests.test_scorer import HARD_CAPTIONS
+from hard_captions import HARD_CAPTIONS
 
 pytestmark = pytest.mark.slow
 TOL = 1e-5
