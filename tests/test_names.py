@@ -180,3 +180,11 @@ def app_client(client):
     other = client.application.test_client()
     other.get("/")
     return other
+
+
+def test_register_names_command_claims_old_names(app):
+    store = app.extensions["store"]
+    store.r.hset(f"cap:player:{P1}", mapping={"created": "100", "nickname": "Admin"})
+    result = app.test_cli_runner().invoke(args=["players", "register-names"], catch_exceptions=False)
+    assert result.exit_code == 0 and "registered 1 nickname" in result.output
+    assert store.nickname_holder(CYRILLIC_A + "dmin") == P1
