@@ -55,15 +55,16 @@ def ts39_skeleton(text: str) -> str:
 def skeleton(text: str) -> str:
     """The key two names share when a reader could take one for the other.
 
-    NFKC and casefold first ("Ａdmin" = "Admin" = "admin"), then the TS #39 skeleton, then casefold
-    again: prototypes can be capitals (the digit 0 maps to "O"), and casefolding
-    those can expose characters with prototypes of their own, so the two steps
-    repeat until nothing changes. The result is stable under both, so the same
-    name always gives the same key.
+    NFKC and casefold first ("Ａdmin" = "Admin" = "admin"), then the TS #39
+    skeleton, then NFKC and casefold again: prototypes can be capitals (the
+    digit 0 maps to "O") or compatibility forms ("%" maps to "º/₀"), and folding
+    those can expose characters with prototypes of their own, so the steps
+    repeat until nothing changes. The result is stable under all of them, so
+    the same name always gives the same key.
     """
     key = unicodedata.normalize("NFKC", text).casefold()  # full-width and other compatibility forms first
     for _ in range(_MAX_ROUNDS):
-        nxt = ts39_skeleton(key).casefold()
+        nxt = unicodedata.normalize("NFKC", ts39_skeleton(key)).casefold()
         if nxt == key:
             break
         key = nxt

@@ -9,9 +9,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from game import redis_server
-from game.players import NICKNAME_MAX, NICKNAME_MIN, validate_nickname
+from game.players import _INVISIBLE, NICKNAME_MAX, NICKNAME_MIN, validate_nickname
 from game.skeleton import prototypes, skeleton, ts39_skeleton
 from game.store import NicknameTaken, Store
 from web_fixtures import *  # noqa: F401,F403
@@ -46,6 +48,18 @@ def test_skeleton_follows_ts39_and_casefolds():
     assert skeleton("Ada") != skeleton("Adam")
     for name in ("Admin", "b0b", "Ω-man", "rn"):
         assert skeleton(skeleton(name)) == skeleton(name)  # stable: one name, one key
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30))
+def test_any_text_is_refused_readably_or_kept_visible(raw):
+    try:
+        cleaned = validate_nickname(raw)
+    except ValueError as exc:
+        assert str(exc).startswith(("the nickname", "please choose"))
+        return
+    assert not _INVISIBLE.search(cleaned) and NICKNAME_MIN <= len(cleaned) <= NICKNAME_MAX
+    assert skeleton(skeleton(cleaned)) == skeleton(cleaned)  # one name, one key
 
 
 @pytest.mark.parametrize("name", [
