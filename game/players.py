@@ -74,9 +74,11 @@ def _squeeze(text: str) -> str:
 
 def is_profane(text: str) -> bool:
     """True when `text` contains a listed word, after folding look-alikes and separators."""
-    # The name as written and with foreign look-alikes folded to their Latin
-    # prototypes: a name is refused when either spelling matches.
-    return any(_has_listed_word(form) for form in {text, skeleton_mod.latin_lookalikes(text)})
+    # The name as written, and with look-alikes folded to their TS #39
+    # prototypes (foreign letters; then ASCII ones too, "SIut"): a name is
+    # refused when any of these spellings matches.
+    forms = {text, skeleton_mod.latin_lookalikes(text), skeleton_mod.latin_lookalikes(text, ascii_too=True)}
+    return any(_has_listed_word(form) for form in forms)
 
 
 def _has_listed_word(text: str) -> bool:

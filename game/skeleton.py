@@ -71,15 +71,21 @@ def skeleton(text: str) -> str:
     return key
 
 
-def latin_lookalikes(text: str) -> str:
-    """`text` with each non-ASCII character replaced by its prototype, for the word filter.
+def latin_lookalikes(text: str, *, ascii_too: bool = False) -> str:
+    """`text` with look-alike characters replaced by their prototypes, for the word filter.
 
-    The full skeleton also rewrites plain ASCII ("m" -> "rn", "I" -> "l"), which
-    would hide the very words the profanity list spells; so only characters
-    outside ASCII (Cyrillic "ѕһіт", Armenian "ս", Greek "Ϲ") are folded here.
+    The full skeleton also rewrites plain ASCII ("m" -> "rn", "I" -> "l"), and
+    "rn" would turn "Pomelo" into a rude word; so by default only characters
+    outside ASCII (Cyrillic "ѕһіт", Armenian "ս") are folded. With `ascii_too`,
+    ASCII characters are folded as well, but only where their prototype is one
+    character ("I" and "1" -> "l", "0" -> "O"), which catches "SIut" and never
+    splits a letter in two.
     """
     table = prototypes()
     out = []
     for c in unicodedata.normalize("NFD", text):
-        out.append(c if c.isascii() else table.get(c, c))
+        proto = table.get(c, c)
+        if c.isascii() and not (ascii_too and len(proto) == 1):
+            proto = c
+        out.append(proto)
     return unicodedata.normalize("NFD", "".join(out))
