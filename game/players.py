@@ -105,8 +105,9 @@ def validate_nickname(nickname) -> str:
     """The cleaned nickname, or ValueError with a message a player can read."""
     if not isinstance(nickname, str):
         raise ValueError("the nickname must be text")
-    # Checked on the raw text too: NFKC keeps these, but a check before folding
-    # cannot be dodged by a character that normalises into one.
+    # Refused, never stripped: a stripped name would save as something other than
+    # what the player typed. Checked before NFKC (nothing is folded away unseen)
+    # and after it (no compatibility character can normalise into one).
     if _INVISIBLE.search(nickname):
         raise ValueError(INVISIBLE_MESSAGE)
     cleaned = " ".join(unicodedata.normalize("NFKC", nickname).split())
