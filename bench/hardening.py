@@ -60,8 +60,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the shared helpers procs, faults and fuzzing (engine and game are installed)
 
 WORDS = ("a photo of the red old wooden small big dog cat bird astronaut rocket coffee cup woman man portrait "
          "painting sky night city street blue green yellow bright dark galaxy stars field river mountain").split()

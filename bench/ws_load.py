@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 WORDS = ("a photo of the red old wooden small big tiny dog cat bird astronaut rocket coffee cup coins "
          "woman man portrait painting sky night city street blue green yellow bright dark galaxy stars "
@@ -214,7 +213,10 @@ def main():
         puzzles = seed_targets(instance)
         env = dict(os.environ, PORT=str(port), CAPTIONARY_INSTANCE_PATH=instance, CAPTIONARY_CLIP_MODEL=MODEL,
                    CAPTIONARY_CLIP_PRETRAINED=PRETRAINED, CAPTIONARY_IMPORT_STARTER_PHOTOS="false",
-                   CAPTIONARY_SECRET_KEY="ws-load-benchmark-secret-key")
+                   CAPTIONARY_SECRET_KEY="ws-load-benchmark-secret-key",
+                   # The Procfile names `gunicorn`: this interpreter's own (the venv's, when
+                   # it is not activated) must come first on the child's PATH.
+                   PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
         env.pop("REDIS_URL", None)
         cmd = procfile_command(port)
         print(f"server: {cmd}  (CLIP {MODEL}/{PRETRAINED}: random weights, scores meaningless)", flush=True)
