@@ -112,8 +112,8 @@ def test_json_logs_redact_secrets(tmp_path, redis_url, redis_client, clock):
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        make_app(tmp_path, redis_url, clock, LOG_FORMAT="json", ADMIN_TOKEN="admin-token-very-secret")
-        logging.getLogger("captionary.test").warning("token was %s and key %s", "admin-token-very-secret",
+        make_app(tmp_path, redis_url, clock, LOG_FORMAT="json", ADMIN_TOKEN="admin-token-very-secret-0123456789ab")
+        logging.getLogger("captionary.test").warning("token was %s and key %s", "admin-token-very-secret-0123456789ab",
                                                      "test-secret-key-not-for-production")
     finally:
         root.removeHandler(handler)
@@ -121,7 +121,7 @@ def test_json_logs_redact_secrets(tmp_path, redis_url, redis_client, clock):
     mine = [l for l in lines if l["logger"] == "captionary.test"]
     assert mine and mine[0]["level"] == "WARNING"
     assert mine[0]["msg"] == "token was [redacted] and key [redacted]"
-    assert "admin-token-very-secret" not in stream.getvalue()
+    assert "admin-token-very-secret-0123456789ab" not in stream.getvalue()
     assert "test-secret-key-not-for-production" not in stream.getvalue()
 
 
