@@ -61,8 +61,40 @@ _FLOAT_KEYS = ("DRAFT_RATE", "SUBMIT_RATE", "SCORER_BATCH_WINDOW_MS")
 _BOOL_KEYS = ("DEMO_FALLBACK", "IMPORT_STARTER_PHOTOS", "SESSION_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY")
 
 
-class ConfigError(RuntimeError):
+def _startup_error_bases() -> tuple:
+    """Exception types the programs that start us print as one line instead of a traceback.
+
+    `flask --app game ...` shows a NoAppException as "Error: <message>"; gunicorn
+    prints an AppImportError's message and stops ("App failed to load") instead of
+    logging a traceback and retrying the worker. A ConfigError is both, so a bad
+    setting reads as one line naming it, whichever way the app was started.
+    """
+    bases: list = [RuntimeError]
+    from flask.cli import NoAppException
+    bases.append(NoAppException)
+    try:
+        from gunicorn.errors import AppImportError
+    except ImportError:  # gunicorn is optional (`play --server werkzeug`)
+        pass
+    else:
+        bases.append(AppImportError)
+    return tuple(bases)
+
+
+class ConfigError(*_startup_error_bases()):
     """The configuration cannot run; the message says which setting and what to do."""
+
+    def __init__(self, message: str):
+        # RuntimeError's __init__ comes first in the MRO and skips click's: set what click reads.
+        super().__init__(message)
+        self.message = message
+        self.ctx = None
+
+    def format_message(self) -> str:
+        return self.message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _as_bool(value) -> bool:

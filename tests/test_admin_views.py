@@ -199,13 +199,20 @@ def test_a_short_admin_token_is_a_config_error_naming_the_setting(redis_client, 
     assert "\n" not in str(info.value)
 
 
-def test_a_short_admin_token_stops_the_cli_with_one_line(tmp_path, redis_url):
+@pytest.mark.parametrize("command", [
+    ["-m", "game.worker", "--once"],
+    ["-m", "flask", "--app", "game", "targets", "list"],
+    ["-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1", "game:create_app()"],
+])
+def test_a_short_admin_token_stops_every_entry_point_with_one_line(tmp_path, redis_url, command):
     import os
     import subprocess
     import sys
     env = dict(os.environ, CAPTIONARY_ADMIN_TOKEN="too-short", REDIS_URL=redis_url, CAPTIONARY_CLIP_MODEL="test-tiny",
                CAPTIONARY_CLIP_PRETRAINED="random", CAPTIONARY_INSTANCE_PATH=str(tmp_path / "inst"))
-    proc = subprocess.run([sys.executable, "-m", "game.worker", "--once"], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 1
-    assert "CAPTIONARY_ADMIN_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "CAPTIONARY_ADMIN_TOKEN is 9 characters; it must be at least 32" in output
+    assert "Traceback" not in output
