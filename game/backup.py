@@ -221,6 +221,12 @@ def _check_record(record) -> None:
     kind, value = record.get("type"), record.get("value")
     if kind not in _TYPES:
         raise ValueError(f"unknown type {kind!r}")
+    # A target the store could not read back would break the pool and every page showing it.
+    if record["key"].startswith("cap:target:") and record["key"].count(":") == 2:
+        from game.store_targets import KINDS
+        if kind != "hash" or not isinstance(value, dict) or value.get("kind") not in KINDS:
+            raise ValueError(f"a target must be a hash whose kind is one of {', '.join(KINDS)}, "
+                             f"not a {kind} with kind {value.get('kind') if isinstance(value, dict) else None!r}")
     # Decode everything now, so the write phase cannot fail on bad data.
     if kind == "string":
         _dec(value)

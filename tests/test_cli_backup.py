@@ -188,8 +188,21 @@ def _stream_out_of_order(records):
     return records + [stream]
 
 
+def _unknown_target_kind(records):
+    target = next(r for r in records if r["key"].startswith("cap:target:") and r["type"] == "hash")
+    target["value"]["kind"] = "video"
+    return records
+
+
+def _unknown_redis_type(records):
+    records[-1]["type"] = "hyperloglog"
+    return records
+
+
 @pytest.mark.parametrize("edit, message", [
     (_nan_score, "not finite"),
+    (_unknown_target_kind, "kind is one of gan, photo"),
+    (_unknown_redis_type, "unknown type 'hyperloglog'"),
     (_duplicate_key, "duplicate key"),
     (_stream_out_of_order, "ids must increase"),
 ])
