@@ -257,3 +257,19 @@ def test_replace_swaps_everything_and_leaves_no_staging_keys(cli, app, clock, tm
     assert redis_client.keys("capimport:*") == []
     assert {k for k in redis_client.keys("*")} == set(exported)
     assert all(redis_client.pttl(k) == -1 for k in redis_client.keys("cap:*"))
+
+
+def test_a_full_redis_mid_import_leaves_the_database_byte_for_byte(cli, app, clock, tmp_path, redis_client):
+    # Room for a few staged keys but not the whole backup: Redis refuses a write part-way through.
+    _populate(app, clock)
+    assert cli("targets", "export", str(tmp_path / "b")).exit_code == 0
+    before = _dump(redis_client)
+    limit = redis_client.config_get("maxmemory")["maxmemory"]
+    redis_client.config_set("maxmemory", int(redis_client.info("memory")["used_memory"]) + 4096)
+    try:
+        result = cli("targets", "import", str(tmp_path / "b"), "--replace", "--yes")
+    finally:
+        redis_client.config_set("maxmemory", limit)
+    assert result.exit_code == 1 and "out of memory" in result.output, result.output
+    assert redis_client.keys("capimport:*") == []
+    assert _dump(redis_client) == before
