@@ -84,7 +84,7 @@ def run_fuzz(workdir: Path, redis_url: str, client, ws_examples: int, http_examp
     from fuzzing import Stats, fuzz_http, fuzz_websocket, requests_sender
     puzzles = procs.seed_today(client, embed_dim("test-tiny"))
     web = procs.Gunicorn(redis_url, workdir, "web-fuzz", DRAFT_RATE=1e6, DRAFT_BURST=1e6, SUBMIT_RATE=1e6,
-                         SUBMIT_BURST=1e6, MAX_SUBMISSIONS=1000000, FRAME_RATE=1e6, FRAME_BURST=1e6, ADMIN_TOKEN="hardening-admin-token-0123")
+                         SUBMIT_BURST=1e6, MAX_SUBMISSIONS=1000000, FRAME_RATE=1e6, FRAME_BURST=1e6, ADMIN_TOKEN="hardening-admin-token-0123456789abcdef")
     stats = Stats()
     try:
         web.wait_ready()

@@ -45,7 +45,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     embedded = not app.config.get("REDIS_URL")
     was_running = embedded and redis_server.is_running(app.instance_path)
-    client = redis_server.connect(app.instance_path, app.config.get("REDIS_URL"))
+    client = redis_server.connect(app.instance_path, app.config.get("REDIS_URL"),
+                                  maxmemory=app.config["REDIS_MAXMEMORY"])
     app.extensions["redis_started_here"] = embedded and not was_running
     # CLOCK (tests only): a callable returning unix seconds, so tests can pin the puzzle day.
     store = Store(client, judge.model_id, puzzles_per_day=app.config["PUZZLES_PER_DAY"],

@@ -1,11 +1,18 @@
 """The read-only admin page: the pool as a gallery, score-vs-iteration plots, the job list.
 
-Behind CAPTIONARY_ADMIN_TOKEN (unset: the page is off and answers 404). The
-token comes in an `X-Admin-Token` or `Authorization: Bearer` header (scripts),
-or through the login form, which keeps an HMAC of it in the signed session
-cookie rather than the token itself. Comparisons are constant-time
-(`hmac.compare_digest`). Nothing here writes game state: admins change things
-with the CLI (`flask --app game targets ...`).
+Behind CAPTIONARY_ADMIN_TOKEN (unset: the page is off and answers 404; set: at
+least 32 characters, checked at start-up). The token comes in an `X-Admin-Token`
+or `Authorization: Bearer` header (scripts), or through the login form.
+
+The login form is rate-limited per client address (CAPTIONARY_ADMIN_LOGIN_FAILURES
+attempts a minute, a token bucket in Redis shared by every process; then 429).
+A login sets the admin's own signed cookie, `captionary_admin` (path /admin,
+HttpOnly, SameSite=Strict, 12 hours), separate from the player cookie: logging
+in or out as admin never touches the player's session, and a stolen player
+cookie carries no admin rights. The cookie holds an HMAC of the token, not the
+token, so changing CAPTIONARY_ADMIN_TOKEN ends every admin session at once.
+Comparisons are constant-time (`hmac.compare_digest`). Nothing here writes game
+state: admins change things with the CLI (`flask --app game targets ...`).
 """
 from __future__ import annotations
 
@@ -14,12 +21,15 @@ import hmac
 import time
 from typing import Optional
 
-from flask import (Blueprint, Response, abort, current_app, redirect, render_template, request, session,
+from flask import (Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request,
                    url_for)
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from markupsafe import Markup
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-SESSION_KEY = "admin_auth"
+COOKIE_NAME = "captionary_admin"
+COOKIE_MAX_AGE_S = 12 * 3600  # an admin logs in again every working day
+LOGIN_WINDOW_S = 60.0  # ADMIN_LOGIN_FAILURES attempts refill over this many seconds
 PAGE_SIZE = 60
 
 
@@ -29,8 +39,14 @@ def _token() -> Optional[str]:
 
 
 def _session_mac(token: str) -> str:
-    # Bound to the app's secret: a leaked cookie does not reveal the token itself.
+    # Bound to the app's secret and to the token: a leaked cookie does not reveal the
+    # token, and a new token invalidates every cookie made for the old one.
     return hmac.new(str(current_app.secret_key).encode(), b"admin:" + token.encode(), hashlib.sha256).hexdigest()
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    # Its own salt: a player cookie (signed with the same secret) never verifies as an admin one.
+    return URLSafeTimedSerializer(current_app.secret_key, salt="captionary-admin-session")
 
 
 def _presented() -> Optional[str]:
@@ -43,6 +59,18 @@ def _presented() -> Optional[str]:
     return None
 
 
+def _cookie_valid(token: str) -> bool:
+    raw = request.cookies.get(COOKIE_NAME)
+    if not raw:
+        return False
+    try:
+        data = _serializer().loads(raw, max_age=COOKIE_MAX_AGE_S)
+    except BadSignature:  # also SignatureExpired
+        return False
+    mac = data.get("mac") if isinstance(data, dict) else None
+    return isinstance(mac, str) and hmac.compare_digest(mac.encode(), _session_mac(token).encode())
+
+
 def is_admin() -> bool:
     token = _token()
     if token is None:
@@ -50,8 +78,7 @@ def is_admin() -> bool:
     presented = _presented()
     if presented is not None:
         return hmac.compare_digest(presented.encode(), token.encode())
-    mac = session.get(SESSION_KEY)
-    return isinstance(mac, str) and hmac.compare_digest(mac.encode(), _session_mac(token).encode())
+    return _cookie_valid(token)
 
 
 @bp.before_request
@@ -72,25 +99,49 @@ def _no_store(response: Response) -> Response:
     return response
 
 
+def _login_allowed() -> bool:
+    """One token of this address's login bucket (Redis, shared by all processes); False: wait."""
+    per_minute = current_app.config["ADMIN_LOGIN_FAILURES"]
+    key = f"admin-login:{request.remote_addr or 'unknown'}"
+    return current_app.extensions["store"].take_token(key, per_minute / LOGIN_WINDOW_S, per_minute)
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     error = None
     if request.method == "POST":
+        # Every attempt counts, a right one included: otherwise a guesser past the limit
+        # could still learn which guess was right.
+        if not _login_allowed():
+            message = "Too many login attempts from this address; wait a minute and try again."
+            if request.accept_mimetypes.best == "application/json":
+                response = jsonify({"type": "error", "code": "slow_down", "message": message})
+            else:
+                response = Response(render_template("admin/login.html", error=message))
+            response.status_code = 429
+            response.headers["Retry-After"] = str(int(LOGIN_WINDOW_S))
+            return response
         token = _token()
         given = request.form.get("token", "")
         if token and hmac.compare_digest(given.encode(), token.encode()):
-            session[SESSION_KEY] = _session_mac(token)
             target = request.args.get("next") or ""
             # Only local paths: never an open redirect.
-            return redirect(target if target.startswith("/admin") and "//" not in target else url_for("admin.gallery"))
+            response = redirect(target if target.startswith("/admin") and "//" not in target
+                                else url_for("admin.gallery"))
+            response.set_cookie(COOKIE_NAME, _serializer().dumps({"mac": _session_mac(token)}),
+                                max_age=COOKIE_MAX_AGE_S, path="/admin", httponly=True, samesite="Strict",
+                                secure=bool(current_app.config.get("SESSION_COOKIE_SECURE")))
+            return response
         error = "That token is not right."
     return render_template("admin/login.html", error=error), (401 if error else 200)
 
 
 @bp.post("/logout")
 def logout():
-    session.pop(SESSION_KEY, None)
-    return redirect(url_for("admin.login"))
+    response = redirect(url_for("admin.login"))
+    response.delete_cookie(COOKIE_NAME, path="/admin", httponly=True, samesite="Strict",
+                           secure=bool(current_app.config.get("SESSION_COOKIE_SECURE")))
+    return response
 
 
 def history_svg(history, width: int = 240, height: int = 90, threshold: Optional[float] = None) -> Markup:

@@ -12,8 +12,11 @@ so a backup can be inspected and diffed:
   DIR/images/*.png    target images, one file per target (`cap:target:{tid}:image`)
 
 Import validates everything first (manifest, checksums, every line, every
-image) and refuses a Redis that already holds game data; then it writes all
-keys in one MULTI/EXEC transaction, so a failure leaves nothing half-imported.
+image: known types, finite scores, unique keys, increasing stream ids; an error
+names the line and key) and refuses a Redis that already holds game data unless
+`--replace`. Then it writes every key under a staging name and one Lua script
+(lua/swap_import.lua) renames them over the live keys and deletes the old ones:
+a failure at any point leaves the live data exactly as it was.
 Writing the export goes to a temporary folder renamed into place at the end.
 """
 from __future__ import annotations
@@ -21,7 +24,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -168,13 +173,24 @@ def _load(directory: Path) -> tuple[dict, list[dict], dict[str, bytes]]:
     if KEYS_FILE not in manifest["files"]:
         raise AdminError(f"the manifest does not list {KEYS_FILE}")
     records = []
+    seen: dict[str, int] = {}
     with open(directory / KEYS_FILE, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
+            where = f"{directory / KEYS_FILE} line {number}"
             try:
                 record = json.loads(line)
+            except ValueError as exc:
+                raise AdminError(f"{where}: not JSON: {exc}") from exc
+            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                where += f" (key {record['key']!r})"
+            try:
                 _check_record(record)
             except (ValueError, TypeError, KeyError) as exc:
-                raise AdminError(f"{directory / KEYS_FILE} line {number}: {exc}") from exc
+                raise AdminError(f"{where}: {exc}") from exc
+            # Two lines for one key would silently merge (or overwrite) on import.
+            if record["key"] in seen:
+                raise AdminError(f"{where}: duplicate key, already on line {seen[record['key']]}")
+            seen[record["key"]] = number
             records.append(record)
     images = {}
     from PIL import Image
@@ -187,7 +203,10 @@ def _load(directory: Path) -> tuple[dict, list[dict], dict[str, bytes]]:
                     img.verify()
             except Exception as exc:  # PIL raises many types for broken files
                 raise AdminError(f"{directory / rel} is not a valid image: {exc}") from exc
-            images[f"cap:target:{Path(rel).stem}{IMAGE_SUFFIX}"] = data
+            key = f"cap:target:{Path(rel).stem}{IMAGE_SUFFIX}"
+            if key in seen:
+                raise AdminError(f"{directory / rel}: its key {key} is also on line {seen[key]} of {KEYS_FILE}")
+            images[key] = data
     return manifest, records, images
 
 
@@ -202,6 +221,12 @@ def _check_record(record) -> None:
     kind, value = record.get("type"), record.get("value")
     if kind not in _TYPES:
         raise ValueError(f"unknown type {kind!r}")
+    # A target the store could not read back would break the pool and every page showing it.
+    if record["key"].startswith("cap:target:") and record["key"].count(":") == 2:
+        from game.store_targets import KINDS
+        if kind != "hash" or not isinstance(value, dict) or value.get("kind") not in KINDS:
+            raise ValueError(f"a target must be a hash whose kind is one of {', '.join(KINDS)}, "
+                             f"not a {kind} with kind {value.get('kind') if isinstance(value, dict) else None!r}")
     # Decode everything now, so the write phase cannot fail on bad data.
     if kind == "string":
         _dec(value)
@@ -216,59 +241,117 @@ def _check_record(record) -> None:
     elif kind == "zset":
         if not isinstance(value, list) or not value:
             raise ValueError("a zset must be a non-empty array")
-        for member, score in value:
-            _dec(member)
-            float(score)
+        members = set()
+        for pair in value:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ValueError(f"a zset entry must be [member, score], not {pair!r:.60}")
+            member, score = pair
+            if isinstance(score, bool) or not isinstance(score, (int, float, str)):
+                raise ValueError(f"zset member {member!r:.40} has a score that is not a number: {score!r:.40}")
+            number = float(score)
+            # NaN would be refused by ZADD halfway through the write; inf would poison every rank.
+            if not math.isfinite(number):
+                raise ValueError(f"zset member {member!r:.40} has a score that is not finite: {score!r}")
+            if _dec(member) in members:
+                raise ValueError(f"zset member {member!r:.40} appears twice")
+            members.add(_dec(member))
     elif kind == "stream":
         if not isinstance(value, list) or not value:
             raise ValueError("a stream must be a non-empty array")
-        for entry_id, fields in value:
-            if not isinstance(entry_id, str) or "-" not in entry_id or not isinstance(fields, dict):
-                raise ValueError(f"bad stream entry {entry_id!r}")
+        last = (0, 0)
+        for entry in value:
+            if not isinstance(entry, list) or len(entry) != 2:
+                raise ValueError(f"a stream entry must be [id, fields], not {entry!r:.60}")
+            entry_id, fields = entry
+            parsed = _stream_id(entry_id)
+            if not isinstance(fields, dict) or not fields:
+                raise ValueError(f"stream entry {entry_id!r} needs a non-empty object of fields")
+            # XADD refuses an id not above the last one: checked here, not halfway through the write.
+            if parsed <= last:
+                raise ValueError(f"stream entry {entry_id!r} is not after the previous id "
+                                 f"{last[0]}-{last[1]} (ids must increase)")
+            last = parsed
             [_dec(v) for v in fields.values()]
 
 
-def import_all(client, directory: str | os.PathLike, *, replace: bool = False) -> str:
-    """Restore an export into a Redis holding no game data; all keys in one transaction.
+def _stream_id(entry_id) -> tuple[int, int]:
+    """`"<ms>-<seq>"` as a pair of integers; anything else is a ValueError."""
+    if isinstance(entry_id, str):
+        ms, sep, seq = entry_id.partition("-")
+        if sep and ms.isdigit() and seq.isdigit() and int(ms) < 2 ** 64 and int(seq) < 2 ** 64:
+            return int(ms), int(seq)
+    raise ValueError(f"bad stream entry id {entry_id!r} (expected \"<ms>-<seq>\")")
 
-    `replace=True` deletes the game data already there in the same transaction
-    (e.g. the starter photos a fresh app imports on first start).
+
+STAGING_PREFIX = "capimport:"  # outside cap: so nothing else (export, scans) ever sees staged keys
+STAGING_TTL_S = 3600  # an import killed mid-way leaves no litter for longer than this
+MERGED_KEY = "cap:models"  # written by merely opening a Store; merged, not a sign of data
+_SWAP = (Path(__file__).with_name("lua") / "swap_import.lua").read_text()
+
+
+def _stage(pipe, staged: str, kind: str, value) -> None:
+    if kind == "string":
+        pipe.set(staged, _dec(value))
+    elif kind == "hash":
+        pipe.hset(staged, mapping={k: _dec(v) for k, v in value.items()})
+    elif kind == "set":
+        pipe.sadd(staged, *[_dec(v) for v in value])
+    elif kind == "zset":
+        pipe.zadd(staged, {_dec(m): float(s) for m, s in value})
+    elif kind == "list":
+        pipe.rpush(staged, *[_dec(v) for v in value])
+    elif kind == "stream":
+        for entry_id, fields in value:
+            pipe.xadd(staged, {k: _dec(v) for k, v in fields.items()}, id=entry_id)
+    pipe.expire(staged, STAGING_TTL_S)
+
+
+def import_all(client, directory: str | os.PathLike, *, replace: bool = False) -> str:
+    """Restore an export into a Redis holding no game data; everything or nothing.
+
+    Every record is validated first. Then the keys are written under staging
+    names (`capimport:<run>:<key>`), and one Lua script renames them over the
+    live keys and, with `replace=True`, deletes the game data that was there.
+    A failure before that script (bad data Redis refuses, out of memory)
+    removes the staged keys and leaves the live data exactly as it was.
     """
     directory = Path(directory)
     manifest, records, images = _load(directory)
-    # `cap:models` is written by merely opening a Store; it is merged, not a sign of data.
-    existing = [k for k in _game_keys(client) if k != b"cap:models"]
+    existing = [k for k in _game_keys(client) if k != MERGED_KEY.encode()]
     if existing and not replace:
         raise AdminError(f"this Redis already holds game data ({len(existing)} keys, e.g. {existing[0].decode()}); "
                          "import restores into an empty Redis (point REDIS_URL at a fresh one, or pass --replace "
                          "to delete what is there first)")
-    pipe = client.pipeline(transaction=True)
-    if existing:
-        pipe.delete(*existing)
-    for record in records:
-        key, kind, value = record["key"], record["type"], record["value"]
-        if kind == "string":
-            pipe.set(key, _dec(value))
-        elif kind == "hash":
-            pipe.hset(key, mapping={k: _dec(v) for k, v in value.items()})
-        elif kind == "set":
-            pipe.sadd(key, *[_dec(v) for v in value])
-        elif kind == "zset":
-            pipe.zadd(key, {_dec(m): float(s) for m, s in value})
-        elif kind == "list":
-            pipe.rpush(key, *[_dec(v) for v in value])
-        elif kind == "stream":
-            for entry_id, fields in value:
-                pipe.xadd(key, {k: _dec(v) for k, v in fields.items()}, id=entry_id)
-    for key, data in images.items():
-        pipe.set(key, data)
+    run = f"{STAGING_PREFIX}{secrets.token_hex(8)}:"
+    live = [r["key"] for r in records] + list(images)
+    staged = [run + key for key in live]
     try:
+        pipe = client.pipeline(transaction=False)
+        for record, name in zip(records, staged):
+            _stage(pipe, name, record["type"], record["value"])
+        for key, data in images.items():
+            pipe.set(run + key, data, ex=STAGING_TTL_S)
         pipe.execute()
-    except redis.exceptions.ExecAbortError as exc:  # refused before anything ran
-        raise AdminError(f"import refused by Redis, nothing written: {exc}") from exc
-    except redis.exceptions.RedisError as exc:  # a command inside EXEC failed (all others ran: Redis has no rollback)
-        keys = [r["key"] for r in records if r["key"] != "cap:models"] + list(images)
-        client.delete(*keys)
-        raise AdminError(f"import failed; the keys it wrote were removed again: {exc}") from exc
+        new = set(live)
+        old = [k.decode() for k in existing if k.decode() not in new]
+        client.eval(_SWAP, len(staged) * 2 + len(old), *staged, *live, *old, len(staged), MERGED_KEY)
+    except redis.exceptions.RedisError as exc:
+        _drop(client, staged)
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc):
+            raise AdminError("import refused: Redis is out of memory (raise CAPTIONARY_REDIS_MAXMEMORY or free "
+                             "space); the data already there is unchanged") from exc
+        raise AdminError(f"import failed, the data already there is unchanged: {exc}") from exc
+    except BaseException:
+        _drop(client, staged)
+        raise
     targets = sum(1 for r in records if r["key"].startswith("cap:target:") and r["type"] == "hash")
     return f"{targets} targets, {len(images)} images, {len(records)} keys"
+
+
+def _drop(client, staged: list[str]) -> None:
+    """Delete the staging keys of a failed import (the TTL is the fallback if even this fails)."""
+    try:
+        for start in range(0, len(staged), 500):
+            client.delete(*staged[start:start + 500])
+    except redis.exceptions.RedisError:
+        pass

@@ -289,8 +289,8 @@ def targets_export(directory):
 def targets_import(directory, replace, yes):
     """Restore a backup into an empty Redis.
 
-    Every file is checked before anything is written; then all keys are
-    written in one transaction: everything or nothing.
+    Every record is checked before anything is written; then the keys are
+    staged and swapped in by one script: everything or nothing.
     """
     from game import backup
     if replace and not yes and not click.confirm("delete all game data in this Redis and import the backup?"):

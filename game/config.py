@@ -9,9 +9,15 @@ start-up, with a message naming the setting, instead of later as an HTTP 500.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 
 DEV_SECRET_PLACEHOLDER = "dev-not-secret"
+# The admin token is the only thing between the internet and the admin pages: long enough
+# that guessing it (even past the login rate limit) is hopeless.
+ADMIN_TOKEN_MIN_CHARS = 32
+# Redis' own memory units (redis.conf): a number of bytes, or with k/kb/m/mb/g/gb.
+_MEMORY = re.compile(r"^([0-9]+)\s*(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)
 
 DEFAULTS: dict = {
     "ENV": "development",  # development | production
@@ -25,7 +31,10 @@ DEFAULTS: dict = {
     "PUZZLES_PER_DAY": 3,
     "MAX_SUBMISSIONS": 10,  # per player per puzzle per day
     "MAX_CAPTION_CHARS": 200,
-    "ADMIN_TOKEN": None,
+    "ADMIN_TOKEN": None,  # unset: /admin is off (404); set: at least ADMIN_TOKEN_MIN_CHARS characters
+    "ADMIN_LOGIN_FAILURES": 5,  # failed admin logins per client address per minute before 429
+    "METRICS_TOKEN": None,  # bearer token for /metrics; production without one: /metrics answers 404
+    "REDIS_MAXMEMORY": "1gb",  # embedded Redis only: maxmemory (noeviction); full -> "storage full" errors
     # Web-only settings (introduced by the web layer):
     "DEMO_FALLBACK": True,  # development only: unavailable weights -> demo mode on test-tiny
     "MAX_FRAME_BYTES": 4096,  # websocket frames above this get a "too_big" error (socket stays open)
@@ -47,13 +56,45 @@ DEFAULTS: dict = {
 }
 
 _INT_KEYS = ("PUZZLES_PER_DAY", "MAX_SUBMISSIONS", "MAX_CAPTION_CHARS", "MAX_FRAME_BYTES",
-             "DRAFT_BURST", "SUBMIT_BURST")
+             "DRAFT_BURST", "SUBMIT_BURST", "ADMIN_LOGIN_FAILURES")
 _FLOAT_KEYS = ("DRAFT_RATE", "SUBMIT_RATE", "SCORER_BATCH_WINDOW_MS")
 _BOOL_KEYS = ("DEMO_FALLBACK", "IMPORT_STARTER_PHOTOS", "SESSION_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY")
 
 
-class ConfigError(RuntimeError):
+def _startup_error_bases() -> tuple:
+    """Exception types the programs that start us print as one line instead of a traceback.
+
+    `flask --app game ...` shows a NoAppException as "Error: <message>"; gunicorn
+    prints an AppImportError's message and stops ("App failed to load") instead of
+    logging a traceback and retrying the worker. A ConfigError is both, so a bad
+    setting reads as one line naming it, whichever way the app was started.
+    """
+    bases: list = [RuntimeError]
+    from flask.cli import NoAppException
+    bases.append(NoAppException)
+    try:
+        from gunicorn.errors import AppImportError
+    except ImportError:  # gunicorn is optional (`play --server werkzeug`)
+        pass
+    else:
+        bases.append(AppImportError)
+    return tuple(bases)
+
+
+class ConfigError(*_startup_error_bases()):
     """The configuration cannot run; the message says which setting and what to do."""
+
+    def __init__(self, message: str):
+        # RuntimeError's __init__ comes first in the MRO and skips click's: set what click reads.
+        super().__init__(message)
+        self.message = message
+        self.ctx = None
+
+    def format_message(self) -> str:
+        return self.message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _as_bool(value) -> bool:
@@ -85,6 +126,9 @@ def finish(config: dict, instance_path: str) -> None:
     config["CLIP_PRETRAINED"] = str(config.get("CLIP_PRETRAINED") or "")
     config["CLIP_MODEL"] = str(config.get("CLIP_MODEL") or "ViT-B-32")
 
+    _check_tokens(config)
+    config["REDIS_MAXMEMORY"] = _memory(config.get("REDIS_MAXMEMORY"))
+
     secret = config.get("SECRET_KEY")
     if secret is not None and not isinstance(secret, (str, bytes)):
         secret = config["SECRET_KEY"] = str(secret)  # from_prefixed_env JSON-decodes an all-digit key
@@ -100,6 +144,33 @@ def finish(config: dict, instance_path: str) -> None:
                 "means random weights whose scores are meaningless")
     elif not secret:
         config["SECRET_KEY"] = _instance_secret(instance_path)
+
+
+def _check_tokens(config: dict) -> None:
+    """ADMIN_TOKEN / METRICS_TOKEN: unset or a string; the admin token long enough to be unguessable."""
+    for key in ("ADMIN_TOKEN", "METRICS_TOKEN"):
+        value = config.get(key)
+        if value is None or value == "":
+            config[key] = None
+            continue
+        # from_prefixed_env JSON-decodes an all-digit token into a number: keep it as the text given.
+        config[key] = value = str(value).strip()
+        if not value:
+            raise ConfigError(f"CAPTIONARY_{key} is blank; unset it or give a real token")
+    token = config["ADMIN_TOKEN"]
+    if token is not None and len(token) < ADMIN_TOKEN_MIN_CHARS:
+        raise ConfigError(
+            f"CAPTIONARY_ADMIN_TOKEN is {len(token)} characters; it must be at least {ADMIN_TOKEN_MIN_CHARS} "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or unset it to turn /admin off")
+
+
+def _memory(value) -> str:
+    """CAPTIONARY_REDIS_MAXMEMORY as Redis writes it ("1gb", "512mb", bytes); checked here, not by redis-server."""
+    match = _MEMORY.match(str(value if value is not None else "").strip())
+    if not match or int(match.group(1)) <= 0:
+        raise ConfigError(f"CAPTIONARY_REDIS_MAXMEMORY must be a positive size such as 1gb, 512mb or a number of "
+                          f"bytes, not {value!r}")
+    return f"{int(match.group(1))}{(match.group(2) or '').lower()}"
 
 
 def _instance_secret(instance_path: str) -> str:

@@ -12,8 +12,10 @@ Settings (CAPTIONARY_*): LOG_FORMAT "text" | "json"; READY_REQUIRES_WORKERS (def
 false: the web game keeps serving from the existing pool while no worker runs, so a
 missing worker is reported on /readyz but does not take every web node out of the
 load balancer); GRACEFUL_SIGTERM "auto" | true | false ("auto": only inside a gunicorn
-worker, never in a test runner or a CLI command); METRICS_TOKEN (optional bearer token
-for /metrics).
+worker, never in a test runner or a CLI command); METRICS_TOKEN (bearer token for
+/metrics: when set, every scrape needs `Authorization: Bearer <token>`; unset, /metrics is
+open in development and answers 404 in production, where queue depths and worker names
+are nobody else's business).
 
 Graceful shutdown: gunicorn's gthread worker on SIGTERM stops accepting and waits up to
 --graceful-timeout for open requests, and a websocket is one long request. `Drain` wraps
@@ -38,7 +40,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, abort, current_app, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
@@ -382,9 +384,12 @@ def readyz():
 @bp.get("/metrics")
 def metrics():
     token = current_app.config.get("METRICS_TOKEN")
+    if not token and current_app.config.get("ENV") == "production":
+        abort(404)  # production: closed until a token is configured
     if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), str(token).encode()):
+        auth = request.headers.get("Authorization", "")
+        given = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), str(token).encode()):
             return jsonify({"type": "error", "code": "forbidden", "message": "metrics need the bearer token"}), 403
     data = generate_latest(current_app.extensions["metrics"].registry)
     return Response(data, mimetype=CONTENT_TYPE_LATEST.split(";")[0], headers={"Cache-Control": "no-store"})

@@ -21,6 +21,17 @@ deliberate `stop(instance_path)` (tests, `play` shutdown) leaves a marker file
 so that stray clients do not bring the server back; an explicit `connect()`
 removes it. `is_running(instance_path)` says whether it answers, `server_pid`
 gives its pid.
+
+Memory: the embedded server runs with `maxmemory` (CAPTIONARY_REDIS_MAXMEMORY,
+default 1gb) and `maxmemory-policy noeviction`: when it is full, writes are
+refused ("OOM command not allowed") and nothing already stored is ever evicted;
+`is_out_of_memory(exc)` recognises that refusal, which the web layer turns into
+a "storage full" error (HTTP 507, websocket code `storage_full`).
+
+The unix socket lives in the instance folder, or, when that path is too long for
+a socket, in a private directory (mode 0700, owned by us, checked) under
+$XDG_RUNTIME_DIR or the temp dir: never directly in a shared /tmp, where another
+user could plant a socket of the same name first.
 """
 from __future__ import annotations
 
@@ -28,6 +39,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -50,6 +62,8 @@ PID_NAME = "redis.pid"
 LOG_NAME = "redis.log"
 SOCKET_NAME = "redis.sock"
 STOPPED_NAME = "redis.stopped"  # present after a deliberate stop(): clients must not restart it
+DEFAULT_MAXMEMORY = "1gb"
+OOM_MARK = "OOM command not allowed"  # Redis' refusal when maxmemory is reached (also inside script errors)
 START_TIMEOUT_S = 30.0
 # sun_path in struct sockaddr_un holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 100
@@ -77,18 +91,49 @@ def socket_path(instance_path: str | os.PathLike) -> str:
     """Unix socket of the embedded server: in the instance folder when the path is short enough.
 
     Unix socket paths are limited to ~107 bytes; a deep instance folder gets a
-    socket in the temp dir instead, named by a hash of the folder so every
-    process of the installation computes the same path.
+    socket in this user's private socket directory instead, named by a hash of
+    the folder so every process of the installation computes the same path.
     """
     instance = os.path.abspath(os.fspath(instance_path))
     inside = os.path.join(instance, SOCKET_NAME)
     if len(inside.encode()) <= _MAX_SOCKET_PATH:
         return inside
     digest = hashlib.sha256(instance.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"captionary-{os.getuid()}-{digest}.sock")
+    return os.path.join(_private_socket_dir(), f"{digest}.sock")
 
 
-def _config_text(instance: str, sock: str) -> str:
+def _private_socket_dir() -> str:
+    """A directory only this user can enter: $XDG_RUNTIME_DIR/captionary, else <tmp>/captionary-<uid>.
+
+    Created 0700 if missing; if it exists it must be a real directory (not a
+    symlink) owned by us with no group/other permissions, or we refuse it.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = (os.path.join(runtime, "captionary") if runtime and os.path.isdir(runtime)
+            else os.path.join(tempfile.gettempdir(), f"captionary-{os.getuid()}"))
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise EmbeddedRedisError(f"cannot create the private socket directory {base}: {exc}") from exc
+    info = os.lstat(base)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise EmbeddedRedisError(f"{base} is not a private directory of this user (it must be a real directory, "
+                                 "owned by us, mode 0700); remove it, or use a shorter CAPTIONARY_INSTANCE_PATH")
+    if len(os.path.join(base, "0" * 16 + ".sock").encode()) > _MAX_SOCKET_PATH:
+        raise EmbeddedRedisError(f"the socket path under {base} is too long for a unix socket; "
+                                 "use a shorter CAPTIONARY_INSTANCE_PATH")
+    return base
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for Redis refusing a write because maxmemory is reached (plain, or inside a Lua script)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and OOM_MARK in str(exc))
+
+
+def _config_text(instance: str, sock: str, maxmemory: str) -> str:
     return "\n".join([
         "# Written by game/redis_server.py; regenerated at every start.",
         "daemonize yes",  # the server outlives the process that starts it
@@ -112,6 +157,10 @@ def _config_text(instance: str, sock: str) -> str:
         "auto-aof-rewrite-percentage 100",
         "auto-aof-rewrite-min-size 64mb",
         'save ""',  # the AOF is the source of truth; no extra RDB snapshots
+        # A full Redis refuses writes rather than evicting: every key here (a player, a
+        # submission, a board entry) is a record, never a cache entry that may vanish.
+        f"maxmemory {maxmemory}",
+        "maxmemory-policy noeviction",
         "databases 16",
         "",
     ])
@@ -163,7 +212,8 @@ def server_pid(instance_path: str | os.PathLike) -> Optional[int]:
         client.close()
 
 
-def ensure_embedded(instance_path: str | os.PathLike, *, after_crash: bool = False) -> str:
+def ensure_embedded(instance_path: str | os.PathLike, *, after_crash: bool = False,
+                    maxmemory: str = DEFAULT_MAXMEMORY) -> str:
     """Start the embedded server unless one is already answering; returns its socket path.
 
     `after_crash=True` (a client that lost its server) starts nothing after a
@@ -185,7 +235,7 @@ def ensure_embedded(instance_path: str | os.PathLike, *, after_crash: bool = Fal
             os.unlink(stopped)
         conf = os.path.join(instance, CONF_NAME)
         with open(conf, "w", encoding="utf-8") as fh:
-            fh.write(_config_text(instance, sock))
+            fh.write(_config_text(instance, sock, maxmemory))
         # With `daemonize yes` this command forks the server and exits at once.
         proc = subprocess.run([redis_executable(), conf], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, timeout=START_TIMEOUT_S, start_new_session=True)
@@ -204,16 +254,17 @@ def ensure_embedded(instance_path: str | os.PathLike, *, after_crash: bool = Fal
 class EmbeddedConnection(UnixDomainSocketConnection):
     """A connection to the embedded server that restarts it when it finds none (after a crash)."""
 
-    def __init__(self, instance_path: str = "", **kwargs):
+    def __init__(self, instance_path: str = "", maxmemory: str = DEFAULT_MAXMEMORY, **kwargs):
         super().__init__(**kwargs)
         self.instance_path = instance_path
+        self.maxmemory = maxmemory
 
     def _connect(self):
         try:
             return super()._connect()
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             try:
-                ensure_embedded(self.instance_path, after_crash=True)
+                ensure_embedded(self.instance_path, after_crash=True, maxmemory=self.maxmemory)
             except EmbeddedRedisError as why:
                 # Stopped on purpose, or cannot start: callers see redis' ConnectionError as usual.
                 log.warning("embedded Redis not restarted: %s", why)
@@ -221,19 +272,27 @@ class EmbeddedConnection(UnixDomainSocketConnection):
             return super()._connect()
 
 
-def connect(instance_path: str | os.PathLike, redis_url: Optional[str] = None) -> redis.Redis:
+def connect(instance_path: str | os.PathLike, redis_url: Optional[str] = None, *,
+            maxmemory: Optional[str] = None) -> redis.Redis:
     """The Redis client for this installation: `redis_url` if given, else the embedded server.
 
+    `maxmemory` (embedded only; a Redis size such as "1gb") is written into the
+    server's config and, when given, also set on a server that is already
+    running, so a changed setting takes effect at the app's next start.
     Replies are bytes (decode_responses off) because images and embeddings are
     stored as binary values.
     """
     if redis_url:
         return redis.Redis.from_url(redis_url)
     instance = os.path.abspath(os.fspath(instance_path))
-    sock = ensure_embedded(instance)
+    sock = ensure_embedded(instance, maxmemory=maxmemory or DEFAULT_MAXMEMORY)
     pool = redis.ConnectionPool(connection_class=EmbeddedConnection, path=sock, instance_path=instance,
-                                health_check_interval=30)
-    return redis.Redis(connection_pool=pool)
+                                maxmemory=maxmemory or DEFAULT_MAXMEMORY, health_check_interval=30)
+    client = redis.Redis(connection_pool=pool)
+    if maxmemory:
+        client.config_set("maxmemory", maxmemory)
+        client.config_set("maxmemory-policy", "noeviction")
+    return client
 
 
 def stop(instance_path: str | os.PathLike, timeout_s: float = 30.0) -> bool:

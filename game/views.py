@@ -13,6 +13,7 @@ import re
 import redis
 from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template,
                    request, session, url_for)
+from werkzeug.exceptions import InternalServerError
 
 from game import players
 from game import puzzles as pz
@@ -276,10 +277,34 @@ def _database_unavailable(exc):
     return resp
 
 
+STORAGE_FULL_MESSAGE = ("The game's storage is full, so your last action was not recorded (everything recorded "
+                        "before is safe). Please try again later.")
+
+
+def _storage_full(exc):
+    """Redis at maxmemory (noeviction) refused a write: 507 "storage full", never a 500.
+
+    Any other error reply from Redis is a bug: logged with its traceback, shown as a 500.
+    """
+    from game.redis_server import is_out_of_memory
+    if not is_out_of_memory(exc):
+        current_app.logger.error("redis error during %s %s", request.method, request.path, exc_info=exc)
+        return _error_page(InternalServerError())
+    current_app.logger.error("redis storage full (maxmemory) during %s %s", request.method, request.path)
+    if request.path.startswith("/api/") or request.path == "/ws":
+        resp = jsonify(error("storage_full", STORAGE_FULL_MESSAGE))
+    else:
+        resp = current_app.make_response(
+            (render_template("error.html", title="Storage full", message=STORAGE_FULL_MESSAGE), 507))
+    resp.status_code = 507
+    return resp
+
+
 def init_app(app) -> None:
     app.register_blueprint(bp)
     app.register_error_handler(redis.exceptions.ConnectionError, _database_unavailable)
     app.register_error_handler(redis.exceptions.TimeoutError, _database_unavailable)
+    app.register_error_handler(redis.exceptions.ResponseError, _storage_full)
     # Security headers (CSP, nosniff, framing) come from game/security.py for every response.
     for code in (400, 404, 405, 413, 500):
         app.register_error_handler(code, _error_page)

@@ -24,6 +24,7 @@ from flask import Blueprint, current_app, jsonify, request, session
 from flask_sock import Sock
 
 from game.protocol import ProtocolError, error, parse_message
+from game.redis_server import is_out_of_memory
 from game.security import FrameBudget
 
 log = logging.getLogger("captionary.ws")
@@ -243,6 +244,14 @@ def handle_batch(game, hub, conn: Connection, frames, max_bytes: int):
             log.warning("redis unavailable handling %s: %s", msg.get("type"), exc)
             yield error("unavailable", "the game's database is briefly unavailable, so this was not "
                         "recorded; please try again in a few seconds", msg.get("seq"))
+        except redis.exceptions.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                log.exception("unexpected error handling %s", msg.get("type"))
+                yield error("internal", "something went wrong on our side; please try again", msg.get("seq"))
+                continue
+            log.error("redis storage full (maxmemory) handling %s", msg.get("type"))
+            yield error("storage_full", "the game's storage is full, so this was not recorded (everything "
+                        "recorded before is safe); please try again later", msg.get("seq"))
         except Exception:
             log.exception("unexpected error handling %s", msg.get("type"))
             yield error("internal", "something went wrong on our side; please try again",

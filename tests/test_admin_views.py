@@ -11,7 +11,7 @@ from conftest import png_bytes
 from game.admin_views import history_svg
 from game.jobs import JobQueue
 
-TOKEN = "admin-token-for-tests"
+TOKEN = "admin-token-for-tests-0123456789abcdef"
 
 
 def _app(redis_url, clock, **extra):
@@ -96,8 +96,11 @@ def test_login_form_sets_a_session_and_logout_clears_it(app, gan):
     assert client.get("/admin/").status_code == 302
     ok = client.post("/admin/login?next=/admin/jobs", data={"token": TOKEN})
     assert ok.status_code == 302 and ok.headers["Location"].endswith("/admin/jobs")
+    cookie = client.get_cookie("captionary_admin", path="/admin")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Strict"
+    assert TOKEN not in cookie.value  # an HMAC of the token is kept, not the token
     with client.session_transaction() as session:
-        assert TOKEN not in str(dict(session))  # an HMAC of the token is kept, not the token
+        assert not any("admin" in key for key in session)  # nothing of the admin in the player cookie
     assert client.get("/admin/").status_code == 200
     assert client.post("/admin/logout").status_code == 302
     assert client.get("/admin/").status_code == 302
@@ -114,7 +117,7 @@ def test_session_from_another_token_is_refused(redis_client, redis_url, clock):
     app = _app(redis_url, clock)
     client = app.test_client()
     client.post("/admin/login", data={"token": TOKEN})
-    app.config["ADMIN_TOKEN"] = "a-rotated-token"  # rotating the token logs everyone out
+    app.config["ADMIN_TOKEN"] = "a-rotated-token-0123456789abcdefghij"  # rotating the token logs everyone out
     assert client.get("/admin/").status_code == 302
 
 
@@ -149,3 +152,67 @@ def test_history_svg_keeps_a_far_threshold_off_the_scale():
     svg = str(history_svg([[0, 0.01], [10, 0.03]], threshold=0.4))
     assert 'class="threshold"' not in svg and "threshold 0.40 (above)" in svg
     assert "0.03" in svg and "0.40</text>" not in svg.split("threshold")[0]
+
+
+def test_admin_cookie_is_separate_from_the_player_cookie(app, gan):
+    client = app.test_client()
+    assert client.get("/").status_code == 200  # a player first: the player cookie is set
+    player = client.get_cookie("captionary").value
+    assert client.post("/admin/login", data={"token": TOKEN}).status_code == 302
+    assert client.get_cookie("captionary").value == player  # logging in leaves the player's session alone
+    assert client.get("/admin/").status_code == 200
+    # The player cookie alone (same secret, same browser) gives no admin rights.
+    other = app.test_client()
+    other.set_cookie("captionary", player)
+    assert other.get("/admin/").status_code == 302
+    # An admin cookie copied into the player cookie's place is not accepted either.
+    admin = client.get_cookie("captionary_admin", path="/admin").value
+    other.set_cookie("captionary", admin)
+    assert other.get("/admin/").status_code == 302
+    assert client.post("/admin/logout").status_code == 302
+    assert client.get("/admin/").status_code == 302
+    assert client.get_cookie("captionary").value == player  # logging out keeps the player too
+
+
+def test_login_is_rate_limited_per_address(app):
+    client = app.test_client()
+    for _ in range(app.config["ADMIN_LOGIN_FAILURES"]):
+        assert client.post("/admin/login", data={"token": "guess"}).status_code == 401
+    refused = client.post("/admin/login", data={"token": TOKEN})  # even the right token: wait first
+    assert refused.status_code == 429 and "Too many login attempts" in refused.get_data(as_text=True)
+    assert refused.headers["Retry-After"] == "60"
+    assert client.get_cookie("captionary_admin", path="/admin") is None
+    assert client.post("/admin/login", data={"token": "guess"},
+                       headers={"Accept": "application/json"}).get_json()["code"] == "slow_down"
+    # Another address has its own bucket.
+    other = client.post("/admin/login", data={"token": TOKEN}, environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert other.status_code == 302
+    # Scripts with the header are not slowed down by the form's limit.
+    assert client.get("/admin/", headers=HEADERS).status_code == 200
+
+
+@pytest.mark.parametrize("token", ["short", "x" * 31, 12345])
+def test_a_short_admin_token_is_a_config_error_naming_the_setting(redis_client, redis_url, clock, token):
+    from game.config import ConfigError
+    with pytest.raises(ConfigError, match="CAPTIONARY_ADMIN_TOKEN .* at least 32") as info:
+        _app(redis_url, clock, ADMIN_TOKEN=token)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("command", [
+    ["-m", "game.worker", "--once"],
+    ["-m", "flask", "--app", "game", "targets", "list"],
+    ["-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1", "game:create_app()"],
+])
+def test_a_short_admin_token_stops_every_entry_point_with_one_line(tmp_path, redis_url, command):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, CAPTIONARY_ADMIN_TOKEN="too-short", REDIS_URL=redis_url, CAPTIONARY_CLIP_MODEL="test-tiny",
+               CAPTIONARY_CLIP_PRETRAINED="random", CAPTIONARY_INSTANCE_PATH=str(tmp_path / "inst"))
+    proc = subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "CAPTIONARY_ADMIN_TOKEN is 9 characters; it must be at least 32" in output
+    assert "Traceback" not in output

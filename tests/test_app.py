@@ -237,3 +237,47 @@ def test_redis_down_is_a_503_to_retry_never_a_500(tmp_path, clock):
         assert page.status_code == 503 and b"try again" in page.data
     finally:
         redis_server.stop(str(instance))
+
+
+def test_a_full_redis_is_a_507_storage_full_and_loses_nothing(tmp_path, clock):
+    import io
+    from PIL import Image
+    from conftest import png_bytes
+    from game import redis_server
+    from web_fixtures import WSClient, make_app, new_player_cookie, serving
+    instance = tmp_path / "instance"
+    # Its own embedded server (made full below), with a setting other than the default.
+    app = make_app(tmp_path, None, clock, REDIS_URL=None, REDIS_MAXMEMORY="256MB")
+    try:
+        client_r = app.extensions["redis"]
+        assert client_r.config_get("maxmemory")["maxmemory"] == str(256 * 1024 * 1024)
+        assert client_r.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        store, scorer = app.extensions["store"], app.extensions["scorer"]
+        for color in ((200, 40, 40), (40, 160, 60), (30, 60, 200)):
+            data = png_bytes(color, size=(48, 40))
+            store.add_target("photo", data, scorer.embed_image(Image.open(io.BytesIO(data))))
+        puzzle = store.puzzles_for(store.today())[0]
+        client = app.test_client()
+        first = client.post("/api/submit", json={"puzzle": puzzle.id, "caption": "a red square"})
+        assert first.status_code == 200, first.get_json()
+        before = [(e.player_id, e.score) for e in store.leaderboard(puzzle.id)]
+        with serving(app) as server:
+            ws = WSClient(server.url, new_player_cookie(server.url), server.url)
+            assert ws.ask({"type": "hello", "puzzle": puzzle.id})["type"] == "state"
+            client_r.config_set("maxmemory", 1)  # full: every write is refused from now on
+            try:
+                resp = client.post("/api/submit", json={"puzzle": puzzle.id, "caption": "another try"})
+                assert resp.status_code == 507
+                assert resp.get_json()["code"] == "storage_full" and "not recorded" in resp.get_json()["message"]
+                reply = ws.ask({"type": "submit", "puzzle": puzzle.id, "caption": "from the socket"})
+                assert reply["type"] == "error" and reply["code"] == "storage_full", reply
+                assert ws.ask({"type": "ping"})["type"] == "pong"  # the socket stays usable
+                page = app.test_client().get("/")  # reads work; a write it needs is a 507 page, not a 500
+                assert page.status_code == 200 or (page.status_code == 507 and b"Storage full" in page.data)
+            finally:
+                client_r.config_set("maxmemory", "256mb")
+            ws.close()
+        assert [(e.player_id, e.score) for e in store.leaderboard(puzzle.id)] == before  # nothing lost
+        assert client.post("/api/submit", json={"puzzle": puzzle.id, "caption": "room again"}).status_code == 200
+    finally:
+        redis_server.stop(str(instance))

@@ -153,3 +153,123 @@ def test_export_refuses_a_non_empty_or_unwritable_folder(cli, app, clock, tmp_pa
     result = cli("targets", "export", str(tmp_path / "file" / "sub"))
     assert result.exit_code == 1 and "cannot write" in result.output
     assert cli("targets", "import", str(tmp_path / "nowhere")).exit_code == 1
+
+
+def _dump(client) -> dict:
+    """Every key of the database with its type, TTL and DUMP bytes: 'unchanged' means byte-for-byte."""
+    return {k: (client.type(k), client.pttl(k) > 0, client.dump(k)) for k in client.keys("*")}
+
+
+def _edit_keys(backup, edit):
+    """Rewrite keys.jsonl through `edit(records) -> records`, and fix the manifest's checksum."""
+    import hashlib
+    keys = backup / "keys.jsonl"
+    records = edit([json.loads(line) for line in keys.read_text().splitlines()])
+    keys.write_text("".join(json.dumps(r) + "\n" for r in records))
+    manifest = json.loads((backup / "manifest.json").read_text())
+    manifest["files"]["keys.jsonl"] = hashlib.sha256(keys.read_bytes()).hexdigest()
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _nan_score(records):
+    zset = next(r for r in records if r["type"] == "zset")
+    zset["value"][-1][1] = float("nan")
+    return records
+
+
+def _duplicate_key(records):
+    # Last line copies the first: the second copy would overwrite or merge into the first.
+    return records + [dict(records[0])]
+
+
+def _stream_out_of_order(records):
+    stream = {"key": "cap:test:stream", "type": "stream",
+              "value": [["5-0", {"a": "1"}], ["3-0", {"a": "2"}]]}
+    return records + [stream]
+
+
+def _unknown_target_kind(records):
+    target = next(r for r in records if r["key"].startswith("cap:target:") and r["type"] == "hash")
+    target["value"]["kind"] = "video"
+    return records
+
+
+def _unknown_redis_type(records):
+    records[-1]["type"] = "hyperloglog"
+    return records
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_nan_score, "not finite"),
+    (_unknown_target_kind, "kind is one of gan, photo"),
+    (_unknown_redis_type, "unknown type 'hyperloglog'"),
+    (_duplicate_key, "duplicate key"),
+    (_stream_out_of_order, "ids must increase"),
+])
+def test_a_bad_record_refuses_replace_and_leaves_the_database_byte_for_byte(cli, app, clock, tmp_path, redis_client,
+                                                                            edit, message):
+    _populate(app, clock)
+    backup = tmp_path / "b"
+    assert cli("targets", "export", str(backup)).exit_code == 0
+    _edit_keys(backup, edit)
+    before = _dump(redis_client)
+    result = cli("targets", "import", str(backup), "--replace", "--yes")
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "line " in result.output and "key 'cap:" in result.output  # the error names the record
+    assert _dump(redis_client) == before
+
+
+def test_a_failed_swap_leaves_the_database_byte_for_byte(cli, app, clock, tmp_path, redis_client):
+    # A staged key that vanished before the swap (its TTL ran out) must abort the swap script
+    # before its first write, and the other staged keys must be cleaned up.
+    from game import backup as bk
+    _populate(app, clock)
+    b = tmp_path / "b"
+    assert cli("targets", "export", str(b)).exit_code == 0
+    store = app.extensions["store"]
+    store.add_target("photo", png_bytes((1, 2, 3)), np.ones(store.target_embedding(store.list_targets()[0].id).shape))
+    before = _dump(redis_client)
+    original = bk._SWAP
+    # The script deletes one staged key before its own checks run: they must refuse the swap.
+    bk._SWAP = "redis.call('DEL', KEYS[1])\n" + original
+    try:
+        result = cli("targets", "import", str(b), "--replace", "--yes")
+    finally:
+        bk._SWAP = original
+    assert result.exit_code == 1 and "unchanged" in result.output, result.output
+    assert _dump(redis_client) == before
+
+
+def test_replace_swaps_everything_and_leaves_no_staging_keys(cli, app, clock, tmp_path, redis_client):
+    store = app.extensions["store"]
+    day, puzzles = _populate(app, clock)
+    wanted = _snapshot(store, day, puzzles)
+    assert cli("targets", "export", str(tmp_path / "b")).exit_code == 0
+    exported = _dump(redis_client)
+    # Change the live data: one more target, one target gone, a new player's submission.
+    extra = store.add_target("photo", png_bytes((9, 9, 9)), np.ones(store.target_embedding(wanted[0][0][0]).shape))
+    from game.players import new_player_id
+    store.submit(new_player_id(), store.puzzles_for(store.today())[0].id, "late entry", 0.9)
+    result = cli("targets", "import", str(tmp_path / "b"), "--replace", "--yes")
+    assert result.exit_code == 0, result.output
+    assert store.get_target(extra) is None
+    assert _snapshot(store, day, puzzles) == wanted
+    assert redis_client.keys("capimport:*") == []
+    assert {k for k in redis_client.keys("*")} == set(exported)
+    assert all(redis_client.pttl(k) == -1 for k in redis_client.keys("cap:*"))
+
+
+def test_a_full_redis_mid_import_leaves_the_database_byte_for_byte(cli, app, clock, tmp_path, redis_client):
+    # Room for a few staged keys but not the whole backup: Redis refuses a write part-way through.
+    _populate(app, clock)
+    assert cli("targets", "export", str(tmp_path / "b")).exit_code == 0
+    before = _dump(redis_client)
+    limit = redis_client.config_get("maxmemory")["maxmemory"]
+    redis_client.config_set("maxmemory", int(redis_client.info("memory")["used_memory"]) + 4096)
+    try:
+        result = cli("targets", "import", str(tmp_path / "b"), "--replace", "--yes")
+    finally:
+        redis_client.config_set("maxmemory", limit)
+    assert result.exit_code == 1 and "out of memory" in result.output, result.output
+    assert redis_client.keys("capimport:*") == []
+    assert _dump(redis_client) == before

@@ -29,7 +29,7 @@ def test_websocket_fuzz_every_frame_gets_a_well_formed_reply(tmp_path, redis_url
 
 
 def test_http_fuzz_no_500_and_api_errors_are_json(tmp_path, redis_url, clock, seeded):
-    app = make_app(tmp_path / "fuzz", redis_url, clock, ADMIN_TOKEN="fuzz-admin-token-1234", **FAST)
+    app = make_app(tmp_path / "fuzz", redis_url, clock, ADMIN_TOKEN="fuzz-admin-token-1234567890abcdefgh", **FAST)
     client = app.test_client()
     client.get("/")
     stats = fuzz_http(flask_client_sender(client), [p.id for p in seeded], examples=600, strict=True)

@@ -48,7 +48,7 @@ def _score_shown(page):
 
 
 def test_pages_work_under_the_enforced_csp(browser, tmp_path, redis_url, clock, seeded):
-    app = make_app(tmp_path, redis_url, clock, ADMIN_TOKEN="browser-admin-token-123")
+    app = make_app(tmp_path, redis_url, clock, ADMIN_TOKEN="browser-admin-token-1234567890abcdef")
     with serving(app) as server:
         _browse_under_csp(browser, server.url, seeded)
 

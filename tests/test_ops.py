@@ -104,6 +104,24 @@ def test_metrics_token(tmp_path, redis_url, redis_client, clock):
     assert client.get("/metrics").status_code == 403
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
     assert client.get("/metrics", headers={"Authorization": "Bearer scrape-token-123"}).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": "scrape-token-123"}).status_code == 403  # no scheme
+
+
+def test_metrics_in_production_is_closed_without_a_token_and_needs_it_with_one(tmp_path, redis_url, redis_client,
+                                                                              clock):
+    # create_app refuses production with test-tiny weights, so the setting flips after start-up,
+    # as test_security does; /metrics reads it per request.
+    app = make_app(tmp_path, redis_url, clock)
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 200  # development: open
+    app.config["ENV"] = "production"
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics", headers={"Authorization": "Bearer anything"}).status_code == 404
+    app.config["METRICS_TOKEN"] = "production-scrape-token-0123456789"
+    assert client.get("/metrics").status_code == 403
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    ok = client.get("/metrics", headers={"Authorization": "Bearer production-scrape-token-0123456789"})
+    assert ok.status_code == 200 and b"captionary_redis_up" in ok.data
 
 
 def test_json_logs_redact_secrets(tmp_path, redis_url, redis_client, clock):
@@ -112,8 +130,8 @@ def test_json_logs_redact_secrets(tmp_path, redis_url, redis_client, clock):
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        make_app(tmp_path, redis_url, clock, LOG_FORMAT="json", ADMIN_TOKEN="admin-token-very-secret")
-        logging.getLogger("captionary.test").warning("token was %s and key %s", "admin-token-very-secret",
+        make_app(tmp_path, redis_url, clock, LOG_FORMAT="json", ADMIN_TOKEN="admin-token-very-secret-0123456789ab")
+        logging.getLogger("captionary.test").warning("token was %s and key %s", "admin-token-very-secret-0123456789ab",
                                                      "test-secret-key-not-for-production")
     finally:
         root.removeHandler(handler)
@@ -121,7 +139,7 @@ def test_json_logs_redact_secrets(tmp_path, redis_url, redis_client, clock):
     mine = [l for l in lines if l["logger"] == "captionary.test"]
     assert mine and mine[0]["level"] == "WARNING"
     assert mine[0]["msg"] == "token was [redacted] and key [redacted]"
-    assert "admin-token-very-secret" not in stream.getvalue()
+    assert "admin-token-very-secret-0123456789ab" not in stream.getvalue()
     assert "test-secret-key-not-for-production" not in stream.getvalue()
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from game import redis_server
 from game.store import Store
@@ -117,10 +118,48 @@ def test_long_instance_paths_get_a_short_socket(tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     sock = redis_server.socket_path(str(deep))
     assert len(sock) <= 100 and sock == redis_server.socket_path(str(deep))
+    # Never straight in the shared temp dir: in a directory only this user can enter.
+    import stat
+    import tempfile
+    parent = os.path.dirname(sock)
+    assert parent != tempfile.gettempdir()
+    info = os.lstat(parent)
+    assert stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
     try:
         assert redis_server.connect(str(deep)).ping()
     finally:
         redis_server.stop(str(deep))
+
+
+def test_a_socket_directory_others_can_enter_is_refused(tmp_path, monkeypatch):
+    # Someone else's (or a world-writable) directory where our private one should be: refuse, never use it.
+    runtime = tmp_path / "run"
+    (runtime / "captionary").mkdir(parents=True)
+    os.chmod(runtime / "captionary", 0o777)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    with pytest.raises(redis_server.EmbeddedRedisError, match="not a private directory"):
+        redis_server.socket_path(str(tmp_path / ("d" * 60) / ("e" * 60)))
+
+
+def test_embedded_redis_has_maxmemory_and_noeviction(tmp_path):
+    instance = tmp_path / "i"
+    try:
+        client = redis_server.connect(str(instance), maxmemory="64mb")
+        assert client.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        assert "maxmemory 64mb" in (instance / redis_server.CONF_NAME).read_text()
+        # Full: a write is refused, and is recognised as such (plain and inside a script).
+        client.set("kept", "yes")
+        client.config_set("maxmemory", 1)
+        with pytest.raises(redis.exceptions.RedisError) as plain:
+            client.set("new", "x")
+        assert redis_server.is_out_of_memory(plain.value)
+        with pytest.raises(redis.exceptions.RedisError) as scripted:
+            client.eval("return redis.call('SET', KEYS[1], 'x')", 1, "new")
+        assert redis_server.is_out_of_memory(scripted.value)
+        assert client.get("kept") == b"yes" and client.get("new") is None  # nothing evicted, nothing half-written
+    finally:
+        redis_server.stop(str(instance))
 
 
 def test_redis_url_gives_a_plain_client(redis_url, redis_client):

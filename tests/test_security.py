@@ -63,9 +63,9 @@ def test_hsts_on_https_and_secure_cookie_in_production(client, seeded):
 
 
 def test_admin_inline_styles_carry_the_nonce_named_by_the_csp(tmp_path, redis_url, redis_client, clock):
-    client = make_app(tmp_path, redis_url, clock, ADMIN_TOKEN="admin-token-for-nonce-test").test_client()
+    client = make_app(tmp_path, redis_url, clock, ADMIN_TOKEN="admin-token-for-nonce-test-0123456789").test_client()
     pages = [client.get("/admin/login"),
-             client.get("/admin/", headers={"X-Admin-Token": "admin-token-for-nonce-test"})]
+             client.get("/admin/", headers={"X-Admin-Token": "admin-token-for-nonce-test-0123456789"})]
     nonces = []
     for resp in pages:
         assert resp.status_code == 200
@@ -151,7 +151,7 @@ def test_development_secret_is_random_private_and_per_instance(tmp_path, redis_u
 
 
 def test_admin_token_near_misses_are_refused(tmp_path, redis_url, redis_client, clock):
-    token = "Admin-Token-0123456789"
+    token = "Admin-Token-0123456789-abcdefghijklm"
     client = make_app(tmp_path, redis_url, clock, ADMIN_TOKEN=token).test_client()
     for wrong in (token[:-1], token + "x", token.lower(), " " + token, token + "\x00", ""):
         assert client.get("/admin/", headers={"X-Admin-Token": wrong}).status_code in (302, 403), repr(wrong)
@@ -159,7 +159,7 @@ def test_admin_token_near_misses_are_refused(tmp_path, redis_url, redis_client, 
 
 
 def test_no_secret_reaches_the_logs(tmp_path, redis_url, redis_client, clock, seeded, caplog):
-    secret, token = "s3cret-key-never-logged-0123456789", "admin-token-never-logged-42"
+    secret, token = "s3cret-key-never-logged-0123456789", "admin-token-never-logged-42-0123456789"
     with caplog.at_level(logging.DEBUG):
         app = make_app(tmp_path, redis_url, clock, SECRET_KEY=secret, ADMIN_TOKEN=token)
         client = app.test_client()
