@@ -12,17 +12,18 @@
 Bodies go through the same `validate_message` as websocket frames, and replies
 are the same messages. POSTs must be `application/json` (a cross-site form
 cannot send that without a CORS preflight, which we never grant) and, when
-the browser sends an Origin, come from this site.
+the browser sends an Origin, come from this site or CAPTIONARY_ALLOWED_ORIGINS
+(`security.origin_allowed`, the websocket's check too).
 """
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, jsonify, request
 
 from game import puzzles as pz
 from game.protocol import ProtocolError, board_entry, public_id, validate_message
+from game.security import origin_allowed
 from game.views import current_player
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -45,8 +46,7 @@ def _reply(message: dict):
 
 def _action(kind: str) -> dict:
     """Parse the JSON body as a `kind` message (same validation as a websocket frame)."""
-    origin = request.headers.get("Origin")
-    if origin and urlsplit(origin).netloc != request.host:
+    if not origin_allowed(request):  # the websocket's check too (game/security.py): one rule
         raise ProtocolError("bad_origin", "requests from other sites are refused")
     if not request.is_json:
         raise ProtocolError("bad_json", "send a JSON body with Content-Type: application/json")

@@ -33,7 +33,7 @@ DEFAULTS: dict = {
     "DRAFT_BURST": 30,  # token-bucket size: a fast typist's burst is fine, a flood is not
     "SUBMIT_RATE": 2.0,
     "SUBMIT_BURST": 10,
-    "ALLOWED_ORIGINS": "",  # extra websocket origins besides the page's own host, comma-separated
+    "ALLOWED_ORIGINS": "",  # extra websocket and POST origins besides the page's own host, comma-separated
     "IMPORT_STARTER_PHOTOS": True,  # import assets/photos on first start (idempotent)
     "SCORER_BATCH_WINDOW_MS": 2.0,
     "TORCH_THREADS": None,  # None -> the scorer's default (cores - 1)

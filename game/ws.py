@@ -17,14 +17,13 @@ import logging
 import re
 import threading
 import time
-from urllib.parse import urlsplit
 
 import redis
 from flask import Blueprint, current_app, jsonify, request, session
 from flask_sock import Sock
 
 from game.protocol import ProtocolError, error, parse_message
-from game.security import FrameBudget
+from game.security import FrameBudget, origin_allowed
 
 log = logging.getLogger("captionary.ws")
 bp = Blueprint("ws", __name__)
@@ -154,20 +153,9 @@ class BoardHub:
             conn.send(message)
 
 
-def _origin_allowed() -> bool:
-    origin = request.headers.get("Origin")
-    if not origin:
-        return True  # not a browser (browsers always send Origin on websocket handshakes)
-    allowed = {request.host}
-    extra = current_app.config.get("ALLOWED_ORIGINS") or ""
-    allowed.update(o.strip() for o in str(extra).split(",") if o.strip())
-    parts = urlsplit(origin)
-    return parts.netloc in allowed or origin in allowed
-
-
 @bp.before_request
 def _check_handshake():
-    if not _origin_allowed():
+    if not origin_allowed(request):
         return jsonify(error("bad_origin", "websocket connections from other sites are refused")), 403
     if not session.get("player"):
         return jsonify(error("no_session", "open the game page first (it sets your player cookie)")), 401
