@@ -214,7 +214,10 @@ def main():
         puzzles = seed_targets(instance)
         env = dict(os.environ, PORT=str(port), CAPTIONARY_INSTANCE_PATH=instance, CAPTIONARY_CLIP_MODEL=MODEL,
                    CAPTIONARY_CLIP_PRETRAINED=PRETRAINED, CAPTIONARY_IMPORT_STARTER_PHOTOS="false",
-                   CAPTIONARY_SECRET_KEY="ws-load-benchmark-secret-key")
+                   CAPTIONARY_SECRET_KEY="ws-load-benchmark-secret-key",
+                   # All simulated players connect from 127.0.0.1: lift the per-address caps.
+                   CAPTIONARY_WS_PER_ADDRESS="0", CAPTIONARY_NEW_PLAYER_RATE="1000",
+                   CAPTIONARY_NEW_PLAYER_BURST="100000")
         env.pop("REDIS_URL", None)
         cmd = procfile_command(port)
         print(f"server: {cmd}  (CLIP {MODEL}/{PRETRAINED}: random weights, scores meaningless)", flush=True)
