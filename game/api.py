@@ -30,7 +30,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 STATUS_FOR = {"unknown_puzzle": 404, "not_found": 404, "not_yet": 404, "over_cap": 409, "not_today": 409,
               "slow_down": 429, "busy": 503, "too_big": 413, "no_hint": 404,
-              "bad_origin": 403}
+              "bad_origin": 403, "too_many_new_players": 429, "too_many_connections": 429}
 
 
 def _reply(message: dict):
