@@ -92,7 +92,7 @@ class ConnLimits:
         try:
             full = int(self._acquire(keys=list(keys), args=[
                 member, now, now + self.lease_s, math.ceil(self.lease_s * 1000), self.per_player, self.per_address]))
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except redis.exceptions.RedisError as exc:  # never a 500 on the handshake
             log.warning("connection caps not checked, Redis unavailable: %s", exc)
             return Slot(member, ())
         if full == 1:
@@ -143,7 +143,7 @@ def may_mint_player(app, address: str) -> bool:
     try:
         return store.take_token(f"newplayers:{address}", app.config["NEW_PLAYER_RATE"],
                                 app.config["NEW_PLAYER_BURST"])
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+    except redis.exceptions.RedisError:
         return True  # fail open: the page itself reports Redis trouble; a cookie costs nothing stored
 
 
