@@ -132,6 +132,13 @@ class ConnLimits:
         return int(self.r.zcount(key, time.time(), "+inf"))
 
 
+def count_refusal(app, action: str, code: str) -> None:
+    """Count a refusal in /metrics (captionary_actions_refused_total{action,code}) when ops is on."""
+    metrics = app.extensions.get("metrics")
+    if metrics is not None:
+        metrics.refused.labels(action, code).inc()
+
+
 def client_address(req) -> str:
     """The client's address as ProxyFix left it (the proxy's own address when none is trusted)."""
     return req.remote_addr or "unknown"

@@ -58,6 +58,7 @@ def _assign_player():
         # New identities per address are rate-limited (game/connlimits.py): each has its own
         # draft, submission and cap budgets, so a client dropping its cookie would reset them.
         if not connlimits.may_mint_player(current_app, connlimits.client_address(request)):
+            connlimits.count_refusal(current_app, "new_player", "too_many_new_players")
             resp = jsonify(error("too_many_new_players", "too many new players from your network right "
                                  "now; keep this browser's cookie, or try again in a minute"))
             resp.status_code, resp.headers["Retry-After"] = 429, "30"

@@ -25,7 +25,7 @@ import redis
 from flask import Blueprint, current_app, g, jsonify, request, session
 from flask_sock import Sock
 
-from game.connlimits import RENEW_S, TooManyConnections, client_address
+from game.connlimits import RENEW_S, TooManyConnections, client_address, count_refusal
 from game.protocol import ProtocolError, error, parse_message
 from game.security import FrameBudget, origin_allowed
 
@@ -271,6 +271,7 @@ def _check_handshake():
     try:
         g.ws_slot = limits.acquire(session["player"], client_address(request))
     except TooManyConnections as exc:
+        count_refusal(current_app, "connect", "too_many_connections")
         resp = jsonify(error("too_many_connections", f"{exc}; close another tab of the game and try again"))
         resp.status_code, resp.headers["Retry-After"] = 429, "10"
         return resp

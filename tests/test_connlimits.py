@@ -46,6 +46,8 @@ def test_sockets_per_player_are_capped_and_freed_on_close(app, live_server, seed
     first, second = WSClient(url, cookie, origin=url), WSClient(url, cookie, origin=url)
     assert second.ask({"type": "ping"})["type"] == "pong"
     assert refused(url, cookie) == (429, "too_many_connections")
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'captionary_actions_refused_total{action="connect",code="too_many_connections"} 1.0' in metrics
     other = WSClient(url, new_player_cookie(url), origin=url)  # another player is not affected
     assert other.ask({"type": "ping"})["type"] == "pong"
     first.close()
