@@ -35,16 +35,13 @@ import argparse
 import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.clip_model import load_clip  # noqa: E402
-from engine.generate import GenerationConfig, GenerationOutOfMemoryError, generate  # noqa: E402
-from engine.vqgan import load_vqgan  # noqa: E402
+from engine.clip_model import load_clip
+from engine.generate import GenerationConfig, GenerationOutOfMemoryError, generate
+from engine.vqgan import load_vqgan
 
 PROMPT = "a raccoon driving a tractor"
 MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -32,15 +32,12 @@ import random
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.clip_model import load_clip  # noqa: E402
-from engine.scorer import Scorer, configure_torch_threads  # noqa: E402
+from engine.clip_model import load_clip
+from engine.scorer import Scorer, configure_torch_threads
 
 # ---- realistic captions -------------------------------------------------------
 DETS = ["a", "the", "an old", "two", "three", "some", "a small", "a giant", "my", "one"]

@@ -49,7 +49,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 WORDS = ("a photo of the red old wooden small big tiny dog cat bird astronaut rocket coffee cup coins "
          "woman man portrait painting sky night city street blue green yellow bright dark galaxy stars "
@@ -235,7 +234,10 @@ def main():
                    CAPTIONARY_SECRET_KEY="ws-load-benchmark-secret-key",
                    # All simulated players connect from 127.0.0.1: lift the per-address caps.
                    CAPTIONARY_WS_PER_ADDRESS="0", CAPTIONARY_NEW_PLAYER_RATE="1000",
-                   CAPTIONARY_NEW_PLAYER_BURST="100000")
+                   CAPTIONARY_NEW_PLAYER_BURST="100000",
+                   # The Procfile names `gunicorn`: this interpreter's own (the venv's, when
+                   # it is not activated) must come first on the child's PATH.
+                   PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
         env.pop("REDIS_URL", None)
         cmd = procfile_command(port)
         print(f"server: {cmd}  (CLIP {MODEL}/{PRETRAINED}: random weights, scores meaningless)", flush=True)

@@ -6,6 +6,7 @@
   POST /api/submit   {puzzle, caption}         -> result
   POST /api/hint     {puzzle}                  -> hint
   POST /api/nickname {nickname}                -> {type: "nickname", nickname}
+                                   (error bad_nickname 400, or nickname_taken 409 for a look-alike of a held name)
   GET  /api/board?puzzle=ID        the puzzle's leaderboard
   GET  /api/daily?date=YYYY-MM-DD  the day's leaderboard
 
@@ -29,7 +30,7 @@ from game.views import current_player
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 STATUS_FOR = {"unknown_puzzle": 404, "not_found": 404, "not_yet": 404, "over_cap": 409, "not_today": 409,
-              "slow_down": 429, "busy": 503, "too_big": 413, "no_hint": 404,
+              "nickname_taken": 409, "slow_down": 429, "busy": 503, "too_big": 413, "no_hint": 404,
               "bad_origin": 403, "too_many_new_players": 429, "too_many_connections": 429}
 
 
@@ -115,8 +116,8 @@ def nickname():
             raise ProtocolError("missing_field", "send {\"nickname\": \"...\"}")
         try:
             saved = current_app.extensions["store"].set_nickname(current_player(), value)
-        except ValueError as exc:
-            raise ProtocolError("bad_nickname", str(exc)) from None
+        except ValueError as exc:  # NicknameTaken carries its own code
+            raise ProtocolError(getattr(exc, "code", "bad_nickname"), str(exc)) from None
         return {"type": "nickname", "nickname": saved}
     return _run(run)
 

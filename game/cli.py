@@ -1,4 +1,4 @@
-"""Admin commands: `flask --app game targets|models|puzzles|worker ...`.
+"""Admin commands: `flask --app game targets|models|puzzles|players|worker ...`.
 
 Thin click commands over the plain functions in game/admin.py (and
 game/backup.py for export/import); a command parses, calls, prints. Every
@@ -319,6 +319,21 @@ def puzzles_show(date):
     _table(rows, ["PUZZLE", "TARGET", "KIND", "SCORE", "PROMPT / TITLE", "STATE"])
 
 
+# -- players --------------------------------------------------------------
+
+players = AppGroup("players", help="Player housekeeping.")
+
+
+@players.command("register-names")
+@admin_errors
+def players_register_names():
+    """Claim the nicknames saved before names were unique (run once after upgrading; safe to repeat)."""
+    # Without this, an old name is only claimed when its player saves it again,
+    # and until then a new player could take a look-alike of it.
+    count = _ext("store").register_nicknames()
+    click.echo(f"registered {count} nickname{'' if count == 1 else 's'}")
+
+
 # -- models ---------------------------------------------------------------
 
 def _models_dir() -> Optional[str]:
@@ -391,7 +406,7 @@ def worker_run(name, once):
 
 def init_app(app) -> None:
     """Register the command groups and the admin page on `app`."""
-    for group in (targets, models, puzzles, worker):
+    for group in (targets, models, puzzles, players, worker):
         app.cli.add_command(group)
     from game import admin_views
     admin_views.init_app(app)

@@ -13,7 +13,8 @@ Key layout (strings in `{}` are ids; "q" is a score in integer micro-units):
   cap:targets                   zset   tid -> created time (all targets, removed ones too)
   cap:targets:sha               hash   sha256 of the PNG -> tid (imports are idempotent)
   cap:models                    set    model ids that have stored anything
-  cap:player:{pid}              hash   created, nickname
+  cap:player:{pid}              hash   created, nickname, nickname_key (its skeleton)
+  cap:nicknames                 hash   nickname skeleton -> pid (who holds a name; one holder each)
   cap:rl:{key}                  hash   token bucket (tokens, ts)
   cap:m:{mid}:emb:{tid}         hash   embedding (float32 LE bytes), dim, self_score, hint_word, hint_score
   cap:m:{mid}:ready             set    tids in this model's pool (embedded, not removed)
@@ -52,6 +53,12 @@ PUZZLE_SHIFT = 2 ** 32  # composite puzzle score: q * 2^32 + (2^32 - 1 - seq)
 DAY_SHIFT = 2 ** 29  # composite daily score: total * 2^29 + (2^29 - 1 - seq)
 MAX_PUZZLES_PER_DAY = 16  # keeps |total| * 2^29 below 2^53 (exact in a double)
 PRACTICE_ATTEMPTS_KEPT = 50
+
+
+class NicknameTaken(ValueError):
+    """Another player holds a nickname that looks the same; `code` as SubmissionError's."""
+
+    code = "nickname_taken"
 
 
 class SubmissionError(ValueError):
@@ -165,6 +172,7 @@ class Store(TargetsMixin):
         self._submit = self.r.register_script((_LUA_DIR / "submit.lua").read_text())
         self._practice = self.r.register_script((_LUA_DIR / "practice.lua").read_text())
         self._bucket = self.r.register_script((_LUA_DIR / "take_token.lua").read_text())
+        self._claim_name = self.r.register_script((_LUA_DIR / "claim_nickname.lua").read_text())
         self.r.sadd("cap:models", model_id)
 
     # ----- time -----
@@ -187,11 +195,66 @@ class Store(TargetsMixin):
         self.r.hsetnx(f"cap:player:{player_id}", "created", f"{self.now():.3f}")
 
     def set_nickname(self, player_id: str, nickname: str) -> str:
-        """Validate (length, characters, profanity) and store; returns the cleaned nickname."""
+        """Validate (length, characters, profanity, look-alikes) and store; returns the cleaned nickname.
+
+        Raises ValueError for a name that breaks the rules and NicknameTaken (a
+        ValueError) when another player holds one that looks the same; either
+        way the player's current nickname is kept.
+        """
         cleaned = players_mod.validate_nickname(nickname)
-        self.ensure_player(player_id)
-        self.r.hset(f"cap:player:{player_id}", "nickname", cleaned)
+        if not players_mod.is_valid_player_id(player_id):
+            raise ValueError("not a valid player id")
+        key = players_mod.nickname_key(cleaned)
+        saved = self._claim_name(keys=["cap:nicknames", f"cap:player:{player_id}"],
+                                 args=[player_id, key, cleaned, f"{self.now():.3f}"])
+        if not saved:
+            raise NicknameTaken(f"the nickname {cleaned} is taken, or looks the same as one that is; "
+                                "please choose another")
         return cleaned
+
+    def nickname_holder(self, nickname: str) -> Optional[str]:
+        """The player id holding `nickname` or a look-alike of it, if any."""
+        value = self.r.hget("cap:nicknames", players_mod.nickname_key(nickname))
+        return value.decode() if value is not None else None
+
+    def register_nicknames(self) -> int:
+        """Claim the skeletons of nicknames saved before names were unique; returns how many.
+
+        Oldest players first, so where two old names look the same the earlier
+        one keeps the claim (the later still shows, but cannot be re-saved as is).
+        Safe to run again and while players play (each claim is a WATCH/MULTI transaction).
+        """
+        players = []
+        for raw in self.r.scan_iter(match="cap:player:*", count=500):
+            pid = raw.decode()[len("cap:player:"):]
+            created, name, key = self.r.hmget(raw, "created", "nickname", "nickname_key")
+            if name is not None and key is None:
+                players.append((float(created or 0), pid, name.decode()))
+        claimed = 0
+        for _, pid, name in sorted(players):
+            claimed += self._register_nickname(pid, name)
+        return claimed
+
+    def _register_nickname(self, player_id: str, name: str) -> int:
+        # WATCH both hashes: a player renaming (claim_nickname.lua) or anyone
+        # claiming a name meanwhile makes EXEC fail, and we look again.
+        key, pkey = players_mod.nickname_key(name), f"cap:player:{player_id}"
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(pkey, "cap:nicknames")
+                    current, has_key = pipe.hget(pkey, "nickname"), pipe.hexists(pkey, "nickname_key")
+                    holder = pipe.hget("cap:nicknames", key)
+                    if current is None or current.decode() != name or has_key or holder not in (None, player_id.encode()):
+                        pipe.unwatch()
+                        return 0
+                    pipe.multi()
+                    pipe.hset("cap:nicknames", key, player_id)
+                    pipe.hset(pkey, "nickname_key", key)
+                    pipe.execute()
+                    return 1
+                except redis.WatchError:
+                    continue
 
     def nickname(self, player_id: str) -> Optional[str]:
         value = self.r.hget(f"cap:player:{player_id}", "nickname")

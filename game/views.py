@@ -225,18 +225,21 @@ def how():
 @bp.route("/nickname", methods=["GET", "POST"])
 def nickname():
     store, pid = _store(), current_player()
-    error = None
+    error, status = None, 200
     current = store.nickname(pid)
     if request.method == "POST":
         value = request.form.get("nickname", "")
         try:
             saved = store.set_nickname(pid, value)
-        except ValueError as exc:
+        except ValueError as exc:  # the rules, or NicknameTaken (409: the name is fine, just held)
             error, current = str(exc), value
+            status = 409 if getattr(exc, "code", None) == "nickname_taken" else 400
         else:
             flash(f"Your nickname is now {saved}.", "ok")
             return redirect(url_for("views.today"))
-    return render_template("nickname.html", current=current, error=error), (400 if error else 200)
+    # The limits come from game/players.py, so the form can never promise more than the rule allows.
+    return render_template("nickname.html", current=current, error=error, min_len=players.NICKNAME_MIN,
+                           max_len=players.NICKNAME_MAX), status
 
 
 @bp.route("/target/<target_id>.png")

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def procfile_web(port: int) -> str:
 
 
 def server_env(redis_url: str, instance: str, **extra) -> dict:
-    env = dict(os.environ, REDIS_URL=redis_url, CAPTIONARY_INSTANCE_PATH=instance, CAPTIONARY_SECRET_KEY=SECRET,
+    # PATH: the Procfile names `gunicorn`, which must be this interpreter's own (the
+    # venv's bin/, first on PATH whether or not the venv is activated).
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), REDIS_URL=redis_url, CAPTIONARY_INSTANCE_PATH=instance, CAPTIONARY_SECRET_KEY=SECRET,
                CAPTIONARY_CLIP_MODEL="test-tiny", CAPTIONARY_CLIP_PRETRAINED="random",
                CAPTIONARY_IMPORT_STARTER_PHOTOS="0", CAPTIONARY_TORCH_THREADS="1", PYTHONUNBUFFERED="1",
                # Every test client is 127.0.0.1: no per-address caps (game/connlimits.py) unless a test sets them.

@@ -256,18 +256,18 @@ def test_top_up_waits_while_another_worker_holds_the_lock(app, store):
 
 def test_worker_survives_a_redis_outage(app, tmp_path, caplog):
     """Redis goes away while the worker idles; it waits with backoff and carries on when Redis returns."""
-    import shutil
     import subprocess
     import threading
     import time
 
     import redis as redis_lib
+    from game.redis_server import redis_executable
     from game.store import Store
 
     sock = tmp_path / "r.sock"
 
     def start_redis():
-        proc = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--unixsocket", str(sock),
+        proc = subprocess.Popen([redis_executable(), "--port", "0", "--unixsocket", str(sock),
                                  "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         probe = redis_lib.Redis(unix_socket_path=str(sock))
