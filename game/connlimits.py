@@ -155,11 +155,11 @@ def may_mint_player(app, address: str) -> bool:
 
 
 def init_app(app) -> None:
-    from game.config import ConfigError
-    for key, default, kind in (("TRUSTED_PROXIES", 0, int), ("WS_PER_PLAYER", 8, int), ("WS_PER_ADDRESS", 32, int),
-                               ("NEW_PLAYER_RATE", 1.0, float), ("NEW_PLAYER_BURST", 60.0, float),
-                               ("WS_OUTBOX", 64, int), ("WS_SEND_TIMEOUT_S", 10.0, float)):
-        value = app.config.get(key, default)
+    from game.config import DEFAULTS, ConfigError
+    for key, kind in (("TRUSTED_PROXIES", int), ("WS_PER_PLAYER", int), ("WS_PER_ADDRESS", int),
+                      ("NEW_PLAYER_RATE", float), ("NEW_PLAYER_BURST", float),
+                      ("WS_OUTBOX", int), ("WS_SEND_TIMEOUT_S", float)):
+        value = app.config.get(key, DEFAULTS[key])
         try:
             value = kind(value)
         except (TypeError, ValueError):
