@@ -573,11 +573,13 @@ def check_slow_reader(url: str, puzzles: list[str], seconds: float = 12.0, watch
     while time.perf_counter() < t_end and n < 10:
         n += 1
         submitter = Client(url, f"10.9.9.{n}").socket()  # a new player each time: a new row on the board
+        # From the moment the submission is sent: its board push can reach a watcher before the
+        # submitter has read its own result, and must not be mistaken for a push that never came.
+        sent = time.perf_counter()
         submitter.send(json.dumps({"type": "submit", "puzzle": puzzles[0], "caption": f"{random.choice(WORDS)} {n}"}))
         reply = json.loads(submitter.recv())
         while reply.get("type") != "result":
             reply = json.loads(submitter.recv())
-        sent = time.perf_counter()
         submitter.close()
         score = round(reply["score"], 6)
         deadline = sent + 5.0
