@@ -24,6 +24,7 @@ import time
 import redis
 from flask import Blueprint, current_app, g, jsonify, request, session
 from flask_sock import Sock
+from wsproto.events import TextMessage
 
 from game.connlimits import RENEW_S, TooManyConnections, client_address, count_refusal
 from game.protocol import ProtocolError, error, parse_message
@@ -128,6 +129,28 @@ class Connection:
         if event is not None:  # the handler blocked in receive() sees the socket closed and returns
             event.set()
 
+    def _write(self, text: str) -> None:
+        """Send one text frame in full within send_timeout, or raise.
+
+        simple_websocket's send() makes one sock.send() call and ignores a partial write; with
+        SO_SNDTIMEO a stalled client makes exactly that happen (part of a frame sent, the rest
+        silently dropped). So frames are built by its wsproto connection, as send() does, and
+        written here until done or the deadline passes.
+        """
+        ws = self.ws
+        proto, sock = getattr(ws, "ws", None), getattr(ws, "sock", None)
+        if proto is None or sock is None:  # not a simple_websocket connection
+            ws.send(text)
+            return
+        if not ws.connected:
+            raise ConnectionError("the websocket is closed")
+        out = memoryview(proto.send(TextMessage(data=text)))
+        deadline = time.monotonic() + self.send_timeout
+        while out:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"a message was not taken within {self.send_timeout:.0f}s")
+            out = out[sock.send(out):]  # each call blocks at most SO_SNDTIMEO
+
     def _run(self) -> None:
         next_renew = time.monotonic() + self._renew_every
         while not self.abandoned:
@@ -150,7 +173,7 @@ class Connection:
                     if event is not None:
                         event.set()
                     return
-                self.ws.send(item)
+                self._write(item)
             except Exception as exc:  # timed out (the client stopped reading) or already closed
                 if not self.closing:
                     self.abandon(f"a send failed: {type(exc).__name__}")
