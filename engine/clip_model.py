@@ -9,6 +9,9 @@ Three sources, always chosen explicitly (a silently random CLIP is a known trap)
 Random weights are seeded, so every process of an installation builds the same
 model and stored embeddings stay comparable; `LoadedClip.is_pretrained` says
 whether scores mean anything, and `model_id` tags every embedding and board.
+The tokenizer's per-word BPE cache, unbounded in open_clip, is bounded here
+(`bound_tokenizer_cache`): every distinct word a player types would otherwise
+stay in the web process's memory for good.
 """
 from __future__ import annotations
 
