@@ -573,11 +573,13 @@ def check_slow_reader(url: str, puzzles: list[str], seconds: float = 12.0, watch
     while time.perf_counter() < t_end and n < 10:
         n += 1
         submitter = Client(url, f"10.9.9.{n}").socket()  # a new player each time: a new row on the board
+        # From the moment the submission is sent: its board push can reach a watcher before the
+        # submitter has read its own result, and must not be mistaken for a push that never came.
+        sent = time.perf_counter()
         submitter.send(json.dumps({"type": "submit", "puzzle": puzzles[0], "caption": f"{random.choice(WORDS)} {n}"}))
         reply = json.loads(submitter.recv())
         while reply.get("type") != "result":
             reply = json.loads(submitter.recv())
-        sent = time.perf_counter()
         submitter.close()
         score = round(reply["score"], 6)
         deadline = sent + 5.0
@@ -604,8 +606,12 @@ def run_abuse(workdir: Path, redis_url: str, client) -> dict:
     client.flushall()
     puzzles, pool = seed_abuse_day(client, embed_dim("test-tiny"))
     # One trusted proxy hop: each simulated client has its own address in X-Forwarded-For.
+    # The shipped per-address limits (tests/procs.py lifts them for tests, whose clients all
+    # share 127.0.0.1; here each client has its own address, so the real defaults apply).
+    from game.config import DEFAULTS
+    shipped = {k: DEFAULTS[k] for k in ("WS_PER_PLAYER", "WS_PER_ADDRESS", "NEW_PLAYER_RATE", "NEW_PLAYER_BURST")}
     web = procs.Gunicorn(redis_url, workdir, "web-abuse", TRUSTED_PROXIES=1,
-                         ADMIN_TOKEN="hardening-admin-token-0123456789abcdef")
+                         ADMIN_TOKEN="hardening-admin-token-0123456789abcdef", **shipped)
     try:
         web.wait_ready()
         leaks = check_secrets(web.url, client, puzzles, pool)

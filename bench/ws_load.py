@@ -18,11 +18,19 @@ sending a draft to receiving its `score`; a draft that a newer one overtook
 gets `dropped` and counts as neither. Errors: error replies, drafts never
 answered, and sockets that fail.
 
+`--stalled N` adds N clients that subscribe to every board and never read
+their socket (a 4 KiB receive buffer): the server must close them (their
+outbox fills or a write times out, game/ws.py) while the players' drafts and
+board pushes go on. Closing needs their socket buffers full (megabytes of
+pushes on loopback), so a short run normally reports 0 closed: what matters is
+that the push latency does not grow with N. Board push latency is measured from sending a submission
+that improved the player's best to receiving the next board push.
+
 Last line, exactly:
   ws_load: players=<n> drafts_per_s=<x> p50_ms=<a> p99_ms=<b> errors=<e>
 where drafts_per_s is the offered rate (drafts sent per second of load).
 
-Usage: python bench/ws_load.py [--quick] [--players N] [--seconds S] [--port P]
+Usage: python bench/ws_load.py [--quick] [--players N] [--seconds S] [--port P] [--stalled N]
 """
 from __future__ import annotations
 
@@ -92,6 +100,8 @@ class Player(threading.Thread):
         self.seq = 0
         self.ws = None
         self.submit_waiting = False
+        self.submit_sent = None  # when the submission now awaiting its result was sent
+        self.push_from = None  # an improving submission's send time, until the next board push
 
     def record(self, key, value=1):
         with self.lock:
@@ -132,8 +142,13 @@ class Player(threading.Thread):
             elif kind == "result":
                 self.record("submits")
                 self.submit_waiting = False
+                if msg.get("improved") and not msg.get("practice"):
+                    self.push_from = self.submit_sent
             elif kind == "board":
                 self.record("pushes")
+                if self.push_from is not None:
+                    self.record("push_ms", (now - self.push_from) * 1000)
+                    self.push_from = None
             elif kind == "error":
                 if msg.get("seq") is not None:
                     with self.plock:
@@ -187,6 +202,7 @@ class Player(threading.Thread):
                     return
             if not self.submit_waiting:
                 self.submit_waiting = True
+                self.submit_sent = time.perf_counter()
                 self.ws.send(json.dumps({"type": "submit", "puzzle": self.puzzle, "caption": text}))
             time.sleep(self.rng.uniform(0.5, 1.5))  # reads the score, thinks
 
@@ -200,6 +216,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer players, 15 s of load (under a minute)")
     parser.add_argument("--players", type=int)
     parser.add_argument("--seconds", type=float)
+    parser.add_argument("--stalled", type=int, default=0,
+                        help="extra clients that subscribe to every board and never read")
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     args = parser.parse_args()
     players = args.players or (30 if args.quick else 60)
@@ -214,6 +232,9 @@ def main():
         env = dict(os.environ, PORT=str(port), CAPTIONARY_INSTANCE_PATH=instance, CAPTIONARY_CLIP_MODEL=MODEL,
                    CAPTIONARY_CLIP_PRETRAINED=PRETRAINED, CAPTIONARY_IMPORT_STARTER_PHOTOS="false",
                    CAPTIONARY_SECRET_KEY="ws-load-benchmark-secret-key",
+                   # All simulated players connect from 127.0.0.1: lift the per-address caps.
+                   CAPTIONARY_WS_PER_ADDRESS="0", CAPTIONARY_NEW_PLAYER_RATE="1000",
+                   CAPTIONARY_NEW_PLAYER_BURST="100000",
                    # The Procfile names `gunicorn`: this interpreter's own (the venv's, when
                    # it is not activated) must come first on the child's PATH.
                    PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -229,7 +250,8 @@ def main():
         print(f"server ready in {time.perf_counter() - t0:.1f}s; {players} players for {seconds:.0f}s", flush=True)
 
         stats = {"latencies": [], "sent": 0, "dropped": 0, "errors": 0, "submits": 0, "pushes": 0,
-                 "over_cap": 0, "error_codes": []}
+                 "over_cap": 0, "error_codes": [], "push_ms": []}
+        stalled = [stalled_reader(base, puzzles) for _ in range(args.stalled)]
         lock = threading.Lock()
         start = time.perf_counter()
         stop_at = start + seconds
@@ -260,6 +282,11 @@ def main():
             for code in stats["error_codes"]:
                 counts[code] = counts.get(code, 0) + 1
             print("errors by code:", counts)
+        closed = sum(_closed_by_server(s) for s in stalled)
+        push = stats["push_ms"]
+        print(f"board push after an improving submit, ms: p50 {percentile(push, 50):.1f} "
+              f"p99 {percentile(push, 99):.1f} ({len(push)} pushes)"
+              + (f"; stalled readers closed by the server: {closed}/{len(stalled)}" if stalled else ""))
         print(f"scored/s {len(lat) / elapsed:.1f}; latency ms: p50 {percentile(lat, 50):.1f} "
               f"p90 {percentile(lat, 90):.1f} p99 {percentile(lat, 99):.1f} max {max(lat, default=float('nan')):.1f}")
         print(f"ws_load: players={players} drafts_per_s={rate:.1f} p50_ms={percentile(lat, 50):.1f} "
@@ -277,6 +304,44 @@ def main():
         except Exception as exc:
             print(f"warning: could not stop the embedded Redis: {exc}", file=sys.stderr)
         shutil.rmtree(instance, ignore_errors=True)
+
+
+def stalled_reader(base: str, puzzles: list[str]):
+    """A raw websocket that subscribes to every board and then never reads (4 KiB receive buffer)."""
+    import base64
+    import requests
+    import socket
+    import struct
+    session = requests.Session()
+    session.get(base + "/", timeout=30)
+    host, port = base.split("//")[1].split(":")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((host, int(port)))
+    s.sendall((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+               f"Sec-WebSocket-Version: 13\r\nOrigin: {base}\r\n"
+               f"Cookie: captionary={session.cookies['captionary']}\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    payload = json.dumps({"type": "subscribe", "puzzles": puzzles}).encode()
+    mask = os.urandom(4)
+    s.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    return s
+
+
+def _closed_by_server(s) -> bool:
+    """Whether the server has closed a stalled reader (reading it now finds the end of the stream)."""
+    s.settimeout(0.5)
+    try:
+        while True:
+            if not s.recv(1 << 20):
+                return True
+    except OSError:  # a reset or nothing more yet: reset means closed
+        return False if isinstance(sys.exc_info()[1], TimeoutError) else True
+    finally:
+        s.close()
 
 
 def _free_port() -> int:

@@ -9,9 +9,13 @@ Three sources, always chosen explicitly (a silently random CLIP is a known trap)
 Random weights are seeded, so every process of an installation builds the same
 model and stored embeddings stay comparable; `LoadedClip.is_pretrained` says
 whether scores mean anything, and `model_id` tags every embedding and board.
+The tokenizer's per-word BPE cache, unbounded in open_clip, is bounded here
+(`bound_tokenizer_cache`): every distinct word a player types would otherwise
+stay in the web process's memory for good.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -31,6 +35,10 @@ RANDOM_SEED = 0
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
 _CONFIG_DIR = Path(__file__).with_name("model_configs")
+# Distinct words whose BPE merges the tokenizer remembers. open_clip keeps them in a plain dict
+# that grows with every new word any player ever types (a few hundred bytes each); 16k words
+# cover ordinary English several times over, so the hit rate on real captions barely changes.
+TOKENIZER_CACHE_WORDS = 16_384
 _configs_registered = False
 
 
@@ -105,10 +113,41 @@ def _create_from_file(name: str, path: str, **kwargs):
         raise ClipCheckpointError(f"cannot load CLIP checkpoint {path} as {name}: {reason}") from exc
 
 
+class _PinnedOnly(dict):
+    """A dict that keeps only the keys it was built with and silently ignores new ones.
+
+    Replaces open_clip's `SimpleTokenizer.cache`: its special tokens ("<start_of_text>"...)
+    must stay (their BPE is themselves, not a computed merge), while the per-word entries
+    `bpe()` writes are what grew without bound; those now live in a bounded lru_cache.
+    """
+
+    def __setitem__(self, key, value) -> None:
+        if key in self:
+            super().__setitem__(key, value)
+
+
+def bound_tokenizer_cache(tokenizer, max_words: int = TOKENIZER_CACHE_WORDS):
+    """Bound open_clip's BPE word cache (unbounded upstream) to `max_words` entries, in place.
+
+    Every distinct word ever tokenized stayed in `tokenizer.cache` for the life of the
+    process, so a client typing random strings grew the web process's memory without limit.
+    `bpe` is wrapped in functools.lru_cache (bounded and thread-safe; the request threads
+    tokenize concurrently) and the dict keeps only the special tokens. Tokenizers without
+    this cache (Hugging Face ones) are returned unchanged. Returns the tokenizer.
+    """
+    cache, bpe = getattr(tokenizer, "cache", None), getattr(tokenizer, "bpe", None)
+    if not isinstance(cache, dict) or not callable(bpe) or isinstance(cache, _PinnedOnly):
+        return tokenizer
+    tokenizer.cache = _PinnedOnly(cache)
+    tokenizer.bpe = functools.lru_cache(maxsize=max_words)(bpe)
+    return tokenizer
+
+
 def _finish(model, name, pretrained, model_id, is_pretrained, device, preprocess) -> LoadedClip:
     import open_clip
     model = model.to(device).eval().requires_grad_(False)
-    loaded = LoadedClip(model=model, tokenizer=open_clip.get_tokenizer(name), preprocess=preprocess,
+    tokenizer = bound_tokenizer_cache(open_clip.get_tokenizer(name))
+    loaded = LoadedClip(model=model, tokenizer=tokenizer, preprocess=preprocess,
                         name=name, pretrained=pretrained, model_id=model_id,
                         is_pretrained=is_pretrained, device=torch.device(device))
     if is_pretrained:

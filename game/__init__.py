@@ -60,7 +60,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     if app.config["IMPORT_STARTER_PHOTOS"]:
         _import_starter_photos(app, store, judge.scorer)
 
-    from game import api, serve, views, ws
+    from game import api, connlimits, serve, views, ws
+    connlimits.init_app(app)  # before the views and /ws, which read its limits
     views.init_app(app)
     api.init_app(app)
     ws.init_app(app)

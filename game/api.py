@@ -13,24 +13,25 @@
 Bodies go through the same `validate_message` as websocket frames, and replies
 are the same messages. POSTs must be `application/json` (a cross-site form
 cannot send that without a CORS preflight, which we never grant) and, when
-the browser sends an Origin, come from this site.
+the browser sends an Origin, come from this site or CAPTIONARY_ALLOWED_ORIGINS
+(`security.origin_allowed`, the websocket's check too).
 """
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, jsonify, request
 
 from game import puzzles as pz
 from game.protocol import ProtocolError, board_entry, public_id, validate_message
+from game.security import origin_allowed
 from game.views import current_player
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 STATUS_FOR = {"unknown_puzzle": 404, "not_found": 404, "not_yet": 404, "over_cap": 409, "not_today": 409,
               "nickname_taken": 409, "slow_down": 429, "busy": 503, "too_big": 413, "no_hint": 404,
-              "bad_origin": 403, "storage_full": 507}
+              "bad_origin": 403, "storage_full": 507, "too_many_new_players": 429, "too_many_connections": 429}
 
 
 def _reply(message: dict):
@@ -46,8 +47,7 @@ def _reply(message: dict):
 
 def _action(kind: str) -> dict:
     """Parse the JSON body as a `kind` message (same validation as a websocket frame)."""
-    origin = request.headers.get("Origin")
-    if origin and urlsplit(origin).netloc != request.host:
+    if not origin_allowed(request):  # the websocket's check too (game/security.py): one rule
         raise ProtocolError("bad_origin", "requests from other sites are refused")
     if not request.is_json:
         raise ProtocolError("bad_json", "send a JSON body with Content-Type: application/json")

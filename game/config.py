@@ -42,7 +42,15 @@ DEFAULTS: dict = {
     "DRAFT_BURST": 30,  # token-bucket size: a fast typist's burst is fine, a flood is not
     "SUBMIT_RATE": 2.0,
     "SUBMIT_BURST": 10,
-    "ALLOWED_ORIGINS": "",  # extra websocket origins besides the page's own host, comma-separated
+    "ALLOWED_ORIGINS": "",  # extra websocket and POST origins besides the page's own host, comma-separated
+    # One client cannot spoil it for others (game/connlimits.py; checked there at start-up):
+    "TRUSTED_PROXIES": 0,  # proxy hops whose X-Forwarded-For/-Proto are trusted (ProxyFix); 0 = none
+    "WS_PER_PLAYER": 8,  # open websockets per player, across all web processes; 0 = no cap
+    "WS_PER_ADDRESS": 32,  # open websockets per client address; 0 = no cap
+    "NEW_PLAYER_RATE": 1.0,  # new anonymous players (cookies minted) per second per address...
+    "NEW_PLAYER_BURST": 60.0,  # ...and the bucket size
+    "WS_OUTBOX": 64,  # messages queued per socket; a client letting it fill is closed
+    "WS_SEND_TIMEOUT_S": 10.0,  # a socket write blocked this long closes that socket
     "IMPORT_STARTER_PHOTOS": True,  # import assets/photos on first start (idempotent)
     "SCORER_BATCH_WINDOW_MS": 2.0,
     "TORCH_THREADS": None,  # None -> the scorer's default (cores - 1)

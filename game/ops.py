@@ -229,7 +229,8 @@ class Drain:
         return len(idle)
 
     def closed_by_drain(self, conn) -> bool:
-        return self.draining.is_set() and not getattr(conn.ws, "connected", True)
+        return self.draining.is_set() and (getattr(conn, "closing", False)
+                                           or not getattr(conn.ws, "connected", True))
 
     def open_count(self) -> int:
         with self._lock:
@@ -241,6 +242,9 @@ class Drain:
 
     @staticmethod
     def _close(conn) -> None:
+        if hasattr(conn, "close"):  # game/ws.py Connection: queued behind the replies already answered
+            conn.close(CLOSE_SERVICE_RESTART, "server restarting, reconnect")
+            return
         ws = conn.ws
         lock = getattr(conn, "_send_lock", None) or contextlib.nullcontext()
         try:

@@ -187,14 +187,26 @@ class Game:
         return emb
 
     def caption(self, caption: str, seq=None) -> str:
-        """The caption the scorer will see, or a readable error (empty, too long, bad characters)."""
-        from engine.scorer import CaptionError
+        """The caption stripped, or a readable error (empty, too long, bad characters).
+
+        Cheap checks only, no tokenizing: they run before the rate limit is taken, and the
+        tokenizer runs after it (`tokens`), so a client over its budget costs no BPE work.
+        """
+        from engine.scorer import CaptionError, validate_caption
         if not caption.strip():
             raise ProtocolError("empty_caption", "write something first", seq)
         if len(caption) > self.max_caption_chars:
             raise ProtocolError("caption_too_long",
                                 f"captions are limited to {self.max_caption_chars} characters "
                                 f"(this one has {len(caption)})", seq)
+        try:
+            return validate_caption(caption, self.max_caption_chars)
+        except CaptionError as exc:
+            raise ProtocolError("bad_caption", str(exc), seq) from None
+
+    def tokens(self, caption: str, seq=None) -> str:
+        """Tokenize a checked caption (refuses one with no readable words); after the rate limit."""
+        from engine.scorer import CaptionError
         try:
             return self.scorer.validate_caption(caption)
         except CaptionError as exc:
@@ -217,8 +229,10 @@ class Game:
         seq = msg["seq"]
         puzzle, _ = self.puzzle(msg["puzzle"], seq)
         caption = self.caption(msg["caption"], seq)
+        # Order of work: cheap checks above, then the rate limit, then tokenizing and scoring.
         if not self.store.take_token(f"drafts:{player_id}", *self.draft_rate):
             raise ProtocolError("slow_down", "slow down: too many drafts at once", seq)
+        caption = self.tokens(caption, seq)
         score = self._score(player_id, puzzle, caption, seq)
         return {"type": "score", "seq": seq, "puzzle": puzzle.id, "score": round(score, 6)}
 
@@ -232,6 +246,7 @@ class Game:
                                             f"(the limit is {self.store.max_submissions})", seq)
         if not self.store.take_token(f"submits:{player_id}", *self.submit_rate):
             raise ProtocolError("slow_down", "slow down: wait a moment between submissions", seq)
+        caption = self.tokens(caption, seq)
         score = self._score(player_id, puzzle, caption, seq)
         reply = {"type": "result", "puzzle": puzzle.id, "caption": caption, "score": round(score, 6)}
         if seq is not None:

@@ -21,14 +21,41 @@ Headers (setdefault: a view that needs something else sets its own first):
 In production the session cookie is also `Secure` (CAPTIONARY_COOKIE_SECURE=false turns
 that off for a deployment that really serves plain HTTP, e.g. behind a VPN).
 
+`origin_allowed(request)` is the one Origin check, used by the websocket handshake
+(game/ws.py) and the JSON POSTs (game/api.py): the page's own host, plus the origins
+in CAPTIONARY_ALLOWED_ORIGINS. (It used to be written twice, and the POST copy ignored
+the setting.)
+
 `FrameBudget` is the websocket flood guard game/ws.py applies per connection
 (CAPTIONARY_FRAME_RATE frames/s, bursts of CAPTIONARY_FRAME_BURST; 60 and 120 by default).
 """
 from __future__ import annotations
 
 import secrets
+from urllib.parse import urlsplit
 
-from flask import g, request
+from flask import current_app, g, request
+
+
+def origin_allowed(req=None) -> bool:
+    """Whether the request's Origin may act on this site: its own host or an allowed extra origin.
+
+    No Origin header is allowed: browsers always send one on websocket handshakes and on
+    cross-site POSTs, so its absence means a non-browser client, which a cookie check
+    (not this one) has to stop. CAPTIONARY_ALLOWED_ORIGINS entries are full origins
+    ("https://play.example.org") or bare hosts ("play.example.org:8443"); the comparison
+    is exact, so "play.example.org.evil.example" is not "play.example.org".
+    """
+    req = req if req is not None else request
+    origin = req.headers.get("Origin")
+    if not origin:
+        return True
+    allowed = {req.host}
+    extra = current_app.config.get("ALLOWED_ORIGINS") or ""
+    if isinstance(extra, (list, tuple)):  # from_prefixed_env JSON-decodes a list
+        extra = ",".join(map(str, extra))
+    allowed.update(o.strip().rstrip("/") for o in str(extra).split(",") if o.strip())
+    return urlsplit(origin).netloc in allowed or origin.rstrip("/") in allowed
 
 
 def csp_nonce() -> str:

@@ -15,7 +15,7 @@ from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redi
                    request, session, url_for)
 from werkzeug.exceptions import InternalServerError
 
-from game import players
+from game import connlimits, players
 from game import puzzles as pz
 from game.protocol import ProtocolError, board_entry, error, public_id
 
@@ -51,9 +51,21 @@ def _day(value: str) -> str:
 
 @bp.before_app_request
 def _assign_player():
-    # Not on /ws (a websocket upgrade cannot set a cookie) nor on static files.
-    if request.blueprint != "ws" and request.endpoint not in (None, "static"):
-        current_player()
+    # Not on /ws (a websocket upgrade cannot set a cookie), static files, nor the health and
+    # metrics endpoints (a load balancer's probes are not players, and must never get a 429).
+    if request.blueprint in ("ws", "ops") or request.endpoint in (None, "static"):
+        return None
+    if not players.is_valid_player_id(session.get("player")):
+        # New identities per address are rate-limited (game/connlimits.py): each has its own
+        # draft, submission and cap budgets, so a client dropping its cookie would reset them.
+        if not connlimits.may_mint_player(current_app, connlimits.client_address(request)):
+            connlimits.count_refusal(current_app, "new_player", "too_many_new_players")
+            resp = jsonify(error("too_many_new_players", "too many new players from your network right "
+                                 "now; keep this browser's cookie, or try again in a minute"))
+            resp.status_code, resp.headers["Retry-After"] = 429, "30"
+            return resp
+    current_player()
+    return None
 
 
 @bp.app_context_processor

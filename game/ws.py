@@ -14,18 +14,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import re
+import socket
+import struct
 import threading
 import time
-from urllib.parse import urlsplit
 
 import redis
-from flask import Blueprint, current_app, jsonify, request, session
+from flask import Blueprint, current_app, g, jsonify, request, session
 from flask_sock import Sock
+from wsproto.events import TextMessage
 
+from game.connlimits import RENEW_S, TooManyConnections, client_address, count_refusal
 from game.protocol import ProtocolError, error, parse_message
 from game.redis_server import is_out_of_memory
-from game.security import FrameBudget
+from game.security import FrameBudget, origin_allowed
 
 log = logging.getLogger("captionary.ws")
 bp = Blueprint("ws", __name__)
@@ -37,23 +41,146 @@ HARD_FRAME_LIMIT = 1 << 20
 MAX_BATCH = 64  # frames read before answering: a flooding client cannot make one batch grow forever
 
 
-class Connection:
-    """One socket: serialised sends (handler thread and hub thread both send) and its subscriptions."""
+_STOP = object()  # outbox item: the sender exits
 
-    def __init__(self, ws, player_id: str):
+
+class Connection:
+    """One socket: its outbox and sender thread, its subscriptions and its slot under the caps.
+
+    Every message to the client (replies from the handler thread, board pushes from the hub
+    thread) goes into a bounded outbox that only this connection's sender thread drains, so
+    no shared thread ever waits on one client's socket. The sender writes with a send
+    timeout (SO_SNDTIMEO on the raw socket). A client that does not read (outbox full, or a
+    write timed out) is abandoned: its socket is shut down, the handler ends and frees its
+    slot, and everybody else's pushes go on. The sender also renews the socket's lease
+    under the connection caps (game/connlimits.py) while it lives.
+    """
+
+    def __init__(self, ws, player_id: str, *, outbox: int = 64, send_timeout: float = 10.0,
+                 renew=None, renew_every: float = 30.0):
         self.ws, self.player_id = ws, player_id
         self.puzzles: set[str] = set()  # subscribed boards
         self.streams: set[str] = set()  # scorer streams this socket drafted on (freed on close)
-        self._send_lock = threading.Lock()
+        self.closing = False  # a close was queued (or the client abandoned): nothing more is queued
+        self.abandoned = False
+        self._outbox: queue.Queue = queue.Queue(maxsize=outbox)
+        self.send_timeout = send_timeout
+        self._renew, self._renew_every = renew, renew_every
+        self._sender = None
+
+    def start(self) -> None:
+        """Set the socket's send timeout and start the sender thread."""
+        sock = getattr(self.ws, "sock", None)
+        if sock is not None:
+            sec = int(self.send_timeout)
+            usec = int((self.send_timeout - sec) * 1e6)
+            try:  # only sends time out; the websocket's reader thread keeps blocking reads
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", sec, usec))
+            except OSError:
+                pass
+        self._sender = threading.Thread(target=self._run, name="captionary-ws-sender", daemon=True)
+        self._sender.start()
 
     def send(self, message: dict) -> bool:
-        data = json.dumps(message, separators=(",", ":"))
-        try:
-            with self._send_lock:
-                self.ws.send(data)
-            return True
-        except Exception:  # closed or broken: the handler loop notices and cleans up
+        """Queue a message; False when the socket is closing or its client stopped reading."""
+        if self.closing:
             return False
+        try:
+            self._outbox.put_nowait(json.dumps(message, separators=(",", ":")))
+            return True
+        except queue.Full:
+            self.abandon(f"its outbox of {self._outbox.maxsize} messages is full")
+            return False
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after everything queued so far has been sent (replies in flight are not lost)."""
+        if self.closing:
+            return
+        try:
+            self._outbox.put_nowait(("close", code, reason))
+        except queue.Full:
+            self.abandon(f"its outbox of {self._outbox.maxsize} messages is full")
+        self.closing = True
+
+    def finish(self, wait: float = 2.0) -> None:
+        """The handler is done: let the sender flush briefly, then stop it."""
+        self.closing = True
+        try:
+            self._outbox.put_nowait(_STOP)
+        except queue.Full:
+            self.abandon("it did not read its last messages")
+        if self._sender is not None and self._sender is not threading.current_thread():
+            self._sender.join(wait)
+            if self._sender.is_alive():
+                self.abandon(f"its last messages were not read within {wait:.0f}s")
+
+    def abandon(self, why: str) -> None:
+        """Give up on a client that does not read: shut the socket down, waking every thread on it."""
+        if self.abandoned:
+            return
+        self.abandoned = self.closing = True
+        log.info("closing a websocket whose client is not reading (%s)", why)
+        sock = getattr(self.ws, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        event = getattr(self.ws, "event", None)
+        if event is not None:  # the handler blocked in receive() sees the socket closed and returns
+            event.set()
+
+    def _write(self, text: str) -> None:
+        """Send one text frame in full within send_timeout, or raise.
+
+        simple_websocket's send() makes one sock.send() call and ignores a partial write; with
+        SO_SNDTIMEO a stalled client makes exactly that happen (part of a frame sent, the rest
+        silently dropped). So frames are built by its wsproto connection, as send() does, and
+        written here until done or the deadline passes.
+        """
+        ws = self.ws
+        proto, sock = getattr(ws, "ws", None), getattr(ws, "sock", None)
+        if proto is None or sock is None:  # not a simple_websocket connection
+            ws.send(text)
+            return
+        if not ws.connected:
+            raise ConnectionError("the websocket is closed")
+        out = memoryview(proto.send(TextMessage(data=text)))
+        deadline = time.monotonic() + self.send_timeout
+        while out:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"a message was not taken within {self.send_timeout:.0f}s")
+            out = out[sock.send(out):]  # each call blocks at most SO_SNDTIMEO
+
+    def _run(self) -> None:
+        next_renew = time.monotonic() + self._renew_every
+        while not self.abandoned:
+            wait = max(0.05, next_renew - time.monotonic())
+            try:
+                item = self._outbox.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if self._renew is not None and time.monotonic() >= next_renew:
+                self._renew()
+                next_renew = time.monotonic() + self._renew_every
+            if item is None:
+                continue
+            if item is _STOP:
+                return
+            try:
+                if isinstance(item, tuple):
+                    self.ws.close(item[1], item[2])
+                    event = getattr(self.ws, "event", None)
+                    if event is not None:
+                        event.set()
+                    return
+                self._write(item)
+            except Exception as exc:  # timed out (the client stopped reading) or already closed
+                if not self.closing:
+                    self.abandon(f"a send failed: {type(exc).__name__}")
+                else:
+                    self.abandoned = True
+                return
 
 
 class BoardHub:
@@ -155,24 +282,31 @@ class BoardHub:
             conn.send(message)
 
 
-def _origin_allowed() -> bool:
-    origin = request.headers.get("Origin")
-    if not origin:
-        return True  # not a browser (browsers always send Origin on websocket handshakes)
-    allowed = {request.host}
-    extra = current_app.config.get("ALLOWED_ORIGINS") or ""
-    allowed.update(o.strip() for o in str(extra).split(",") if o.strip())
-    parts = urlsplit(origin)
-    return parts.netloc in allowed or origin in allowed
-
-
 @bp.before_request
 def _check_handshake():
-    if not _origin_allowed():
+    if not origin_allowed(request):
         return jsonify(error("bad_origin", "websocket connections from other sites are refused")), 403
     if not session.get("player"):
         return jsonify(error("no_session", "open the game page first (it sets your player cookie)")), 401
+    # The caps (game/connlimits.py) are checked here, before the socket is accepted: a refusal is
+    # a plain HTTP 429 that costs no thread beyond this request. The slot is released in
+    # _release_slot, which runs when the request ends (the whole socket's life, with flask-sock).
+    limits = current_app.extensions["conn_limits"]
+    try:
+        g.ws_slot = limits.acquire(session["player"], client_address(request))
+    except TooManyConnections as exc:
+        count_refusal(current_app, "connect", "too_many_connections")
+        resp = jsonify(error("too_many_connections", f"{exc}; close another tab of the game and try again"))
+        resp.status_code, resp.headers["Retry-After"] = 429, "10"
+        return resp
     return None
+
+
+@bp.teardown_request
+def _release_slot(_exc=None):
+    slot = g.pop("ws_slot", None)
+    if slot is not None:
+        current_app.extensions["conn_limits"].release(slot)
 
 
 @sock.route("/ws", bp=bp)
@@ -180,18 +314,22 @@ def websocket(ws):
     app = current_app
     game, hub = app.extensions["game"], app.extensions["board_hub"]
     max_bytes = app.config["MAX_FRAME_BYTES"]
-    conn = Connection(ws, session["player"])
+    limits, slot = app.extensions["conn_limits"], g.get("ws_slot")
+    conn = Connection(ws, session["player"], outbox=app.config["WS_OUTBOX"],
+                      send_timeout=app.config["WS_SEND_TIMEOUT_S"],
+                      renew=(lambda: limits.renew(slot)) if slot is not None else None, renew_every=RENEW_S)
+    conn.start()
     # game/ops.py (graceful SIGTERM): tracks open sockets; while draining, each is closed with
     # 1012 once its current batch is answered, so in-flight drafts and submissions finish.
     drain = app.extensions.get("drain")
     budget = FrameBudget(app.config.get("FRAME_RATE", 60.0), app.config.get("FRAME_BURST", 120.0))
-    if drain is not None and not drain.opened(conn):
-        return
     try:
+        if drain is not None and not drain.opened(conn):
+            return
         while True:
             first = ws.receive()
-            if first is None or (drain is not None and drain.closed_by_drain(conn)):
-                break  # (a frame still buffered after our 1012 close could never be answered)
+            if first is None or conn.closing or (drain is not None and drain.closed_by_drain(conn)):
+                break  # (a frame still buffered after our close could never be answered)
             batch = [first]
             # Whatever else already arrived is handled together: a newer draft overtakes older ones.
             while len(batch) < MAX_BATCH and (more := ws.receive(timeout=0)) is not None:
@@ -202,7 +340,7 @@ def websocket(ws):
             if dropped and not conn.send(error("slow_down", f"slow down: {dropped} message(s) ignored")):
                 return
             if budget.abusive:  # still flooding far past the budget: stop paying for its frames
-                ws.close(1008, "too many messages")
+                conn.close(1008, "too many messages")
                 return
             if not batch:
                 continue
@@ -214,6 +352,7 @@ def websocket(ws):
         if drain is not None:
             drain.closed(conn)
         hub.remove(conn)
+        conn.finish()  # queued replies go out (briefly) before flask-sock closes the socket
         scorer = app.extensions["scorer"]
         for stream in conn.streams:  # a closed socket's cached prefixes are dead weight
             scorer.forget_stream(stream)

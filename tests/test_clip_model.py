@@ -86,3 +86,28 @@ def test_truncated_or_mismatched_checkpoint_is_one_clear_error(tmp_path):
     # A test-tiny state dict is not a ViT-B-32: shapes differ.
     with pytest.raises(ClipCheckpointError, match="tiny.bin as ViT-B-32"):
         load_clip("ViT-B-32", str(good))
+
+
+def test_tokenizer_word_cache_stays_bounded_and_exact():
+    """open_clip's BPE cache grew by one entry per distinct word forever; ours is bounded."""
+    import random
+    import string
+
+    import open_clip
+    from engine.clip_model import bound_tokenizer_cache
+    bounded = bound_tokenizer_cache(open_clip.get_tokenizer("test-tiny"), max_words=100)
+    reference = open_clip.get_tokenizer("test-tiny")
+    rng = random.Random(7)
+    for i in range(2000):
+        caption = " ".join("".join(rng.choices(string.ascii_lowercase, k=9)) for _ in range(3))
+        if i % 100 == 0:
+            caption += " <start_of_text> a cat"  # special tokens keep their own (pinned) entry
+        assert torch.equal(bounded([caption]), reference([caption]))
+    assert bounded.bpe.cache_info().currsize <= 100
+    assert len(bounded.cache) == 2  # only the special tokens remain in the dict
+    assert len(reference.cache) > 5000  # what upstream keeps: every word ever seen
+
+
+def test_loaded_clip_has_a_bounded_tokenizer():
+    clip = load_clip("test-tiny", "random")
+    assert clip.tokenizer.bpe.cache_info().maxsize is not None

@@ -112,3 +112,37 @@ def test_game_actions_without_sockets(app, seeded, clock):
         game.puzzle("2999-01-01/1")
     assert info.value.code == "not_yet"
     assert store.today() > p.date
+
+
+def test_rate_limited_captions_are_not_tokenized(tmp_path, redis_url, redis_client, clock):
+    """Order of work: cheap checks, then the rate limit, then tokenizing; a client over its
+    budget costs no BPE work (every new word grows the tokenizer's cache and costs CPU)."""
+    from web_fixtures import make_app
+    app = make_app(tmp_path, redis_url, clock, DRAFT_RATE=0.001, DRAFT_BURST=1,
+                   SUBMIT_RATE=0.001, SUBMIT_BURST=1)
+    store, game = app.extensions["store"], app.extensions["game"]
+    puzzle = _one_puzzle(app)
+    bpe = app.extensions["scorer"].clip.tokenizer.bpe
+    player = "player-limited-abcdef"
+    assert game.draft(player, {"seq": 1, "puzzle": puzzle, "caption": "a cat"})["type"] == "score"
+    assert game.submit(player, {"puzzle": puzzle, "caption": "a cat"})["type"] == "result"
+    misses = bpe.cache_info().misses
+    for i in range(20):
+        for action, msg in ((game.draft, {"seq": i + 2, "puzzle": puzzle, "caption": f"qzxv{i}wordy"}),
+                            (game.submit, {"puzzle": puzzle, "caption": f"pqjk{i}other"})):
+            with pytest.raises(ProtocolError) as info:
+                action(player, msg)
+            assert info.value.code == "slow_down"
+    assert bpe.cache_info().misses == misses  # not one of those 40 new words was tokenized
+
+
+def _one_puzzle(app) -> str:
+    """Today's first puzzle on a single seeded target."""
+    from PIL import Image
+    import io
+    from conftest import png_bytes
+    store, scorer = app.extensions["store"], app.extensions["scorer"]
+    data = png_bytes((200, 40, 40), size=(48, 40))
+    store.add_target("photo", data, scorer.embed_image(Image.open(io.BytesIO(data))), title="t",
+                     hint_word="red", hint_score=0.2, attribution="test image, CC0")
+    return store.puzzles_for(store.today())[0].id

@@ -125,6 +125,33 @@ def test_websocket_allowed_origins_setting(tmp_path, redis_url, redis_client, cl
             assert info.value.status_code == 403, origin
 
 
+def test_one_origin_rule_for_websocket_and_post(tmp_path, redis_url, redis_client, clock, seeded):
+    """security.origin_allowed decides both: an allowed extra origin works for the websocket and
+    the JSON POSTs alike, and a foreign one is refused by both (the POST copy once ignored the setting)."""
+    import requests
+    import websocket
+    app = make_app(tmp_path, redis_url, clock, ALLOWED_ORIGINS="https://play.example.org, app.example.net:8443")
+    p = seeded[0].id
+    with serving(app) as server:
+        url = server.url
+        cookie = new_player_cookie(url)
+        for origin in ("https://play.example.org", "https://app.example.net:8443", url):
+            ws = WSClient(url, cookie, origin=origin)
+            assert ws.ask({"type": "ping"})["type"] == "pong", origin
+            ws.close()
+            resp = requests.post(url + "/api/draft", json={"puzzle": p, "caption": "a red square"},
+                                 headers={"Origin": origin, "Cookie": cookie}, timeout=10)
+            assert resp.status_code == 200 and resp.json()["type"] == "score", (origin, resp.text)
+        for origin in ("https://play.example.org.evil.example", "http://evil.example", "null"):
+            with pytest.raises(websocket.WebSocketBadStatusException) as info:
+                WSClient(url, cookie, origin=origin)
+            assert info.value.status_code == 403, origin
+            resp = requests.post(url + "/api/submit", json={"puzzle": p, "caption": "a red square"},
+                                 headers={"Origin": origin, "Cookie": cookie}, timeout=10)
+            assert resp.status_code == 403 and resp.json()["code"] == "bad_origin", origin
+    assert app_board_size(app.test_client(), p) == 0  # nothing foreign was recorded
+
+
 def test_cookie_signed_with_another_key_is_a_new_player(tmp_path, redis_url, redis_client, clock, seeded):
     victim_app = make_app(tmp_path / "a", redis_url, clock)
     victim = victim_app.test_client()
