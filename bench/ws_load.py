@@ -65,7 +65,7 @@ def seed_targets(instance: str) -> list[str]:
     """Three targets with seeded random unit embeddings for ViT-B-32/random; returns today's puzzle ids."""
     import numpy as np
     from PIL import Image
-    from game import redis_server
+    from game.store import server as redis_server
     from game.store import Store
     client = redis_server.connect(instance)
     store = Store(client, f"{MODEL}/{PRETRAINED}")
@@ -208,7 +208,7 @@ def main():
     port = args.port or _free_port()
 
     instance = tempfile.mkdtemp(prefix="captionary-wsload-")
-    from game import redis_server
+    from game.store import server as redis_server
     server = None
     try:
         puzzles = seed_targets(instance)

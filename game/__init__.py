@@ -23,7 +23,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     # INSTANCE_PATH (tests, several installations on one machine) moves the instance folder,
     # and with it the embedded Redis and the development secret.
     instance = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("CAPTIONARY_INSTANCE_PATH")
-    app = Flask(__name__, instance_relative_config=True, instance_path=instance and os.path.abspath(instance))
+    # Pages and their files belong to the web package; URLs stay /static/... as before.
+    app = Flask(__name__, instance_relative_config=True, instance_path=instance and os.path.abspath(instance),
+                template_folder="web/templates", static_folder="web/static")
     app.config.from_mapping(cfg.DEFAULTS)
     app.config.from_prefixed_env("CAPTIONARY")
     if os.environ.get("REDIS_URL"):
@@ -34,11 +36,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     os.makedirs(app.instance_path, exist_ok=True)
     _logging(app)
 
-    from game import models, redis_server
-    from game.protocol import Game
+    from game.judge import load_judge
+    from game.service import Game
     from game.store import Store
+    from game.store import server as redis_server
 
-    judge = models.load_judge(app.config)
+    judge = load_judge(app.config)
     app.config["DEMO_MODE"] = judge.demo_mode
     app.config["DEMO_REASON"] = judge.demo_reason
     app.config["MODEL_ID"] = judge.model_id
@@ -59,17 +62,19 @@ def create_app(test_config: dict | None = None) -> Flask:
     if app.config["IMPORT_STARTER_PHOTOS"]:
         _import_starter_photos(app, store, judge.scorer)
 
-    from game import api, serve, views, ws
-    views.init_app(app)
+    from game.cli import play
+    from game.web import api, pages, ws
+    pages.init_app(app)
     api.init_app(app)
     ws.init_app(app)
-    serve.init_app(app)
-    from game import ops, security  # hardening: /healthz /readyz /metrics, JSON logs, SIGTERM drain; headers
+    play.init_app(app)
+    from game.web import ops, security  # hardening: /healthz /readyz /metrics, JSON logs, SIGTERM drain; headers
     ops.init_app(app)
     security.init_app(app)
-    if importlib.util.find_spec("game.cli") is not None:
-        from game import cli
-        cli.init_app(app)
+    from game import cli
+    from game.web import admin
+    cli.init_app(app)
+    admin.init_app(app)  # the read-only admin pages (registered by the CLI before the web package existed)
     return app
 
 

@@ -8,9 +8,9 @@ import random
 import pytest
 from PIL import Image
 
-from game import admin
-from game.jobs import JobQueue
-from game.worker import Worker, combined_prompts, live_workers, load_prompts, pick_prompt
+from game.generation import service as admin
+from game.generation.jobs import JobQueue
+from game.generation.worker import Worker, combined_prompts, live_workers, load_prompts, pick_prompt
 
 SMALL = {"size": 32, "iterations": 4, "seeds": 1, "keep": 1, "cutn": 4}
 
@@ -219,7 +219,7 @@ def test_worker_falls_back_to_tiny_models_in_development_only(app, tmp_path):
 
 
 def test_flask_worker_run_once_processes_the_queue_and_leaves_the_group_clean(app, store):
-    from game.jobs import GROUP, STREAM
+    from game.generation.jobs import GROUP, STREAM
     job_id = enqueue(app, "a duck wearing a crown")
     result = app.test_cli_runner().invoke(args=["worker", "run", "--once", "--name", "cli-worker"])
     assert result.exit_code == 0, result.output
@@ -244,7 +244,7 @@ def test_init_image_travels_inside_the_job(app, store, tmp_path):
 
 
 def test_top_up_waits_while_another_worker_holds_the_lock(app, store):
-    from game.worker import TOPUP_LOCK
+    from game.generation.worker import TOPUP_LOCK
     redis = app.extensions["redis"]
     redis.set(TOPUP_LOCK, "someone-else", px=5000)
     worker = make_worker(app)
@@ -322,7 +322,7 @@ def test_once_mode_is_bounded_when_nothing_reaches_the_threshold(app, store, cap
 
 def test_top_ups_pause_after_rejections_in_a_row(app, store, caplog):
     import time
-    from game import worker as worker_mod
+    from game.generation import worker as worker_mod
     app.config.update(GAN_MIN_SCORE=0.99)
     worker = make_worker(app)
     with caplog.at_level(logging.WARNING, logger="captionary.worker"):

@@ -1,10 +1,10 @@
 """Admin commands: `flask --app game targets|models|puzzles|worker ...`.
 
-Thin click commands over the plain functions in game/admin.py (and
-game/backup.py for export/import); a command parses, calls, prints. Every
+Thin click commands over the plain functions in game/generation/service.py (and
+game/store/backup.py for export/import); a command parses, calls, prints. Every
 error an admin can fix is an `AdminError`, shown in red on stderr with exit
 code 1, after which nothing has been half-done. `init_app(app)` registers the
-groups and the read-only admin page. `python -m game.cli models ...` works
+groups (game/__init__.py registers the admin pages). `python -m game.cli models ...` works
 without building the app (e.g. to download weights before production starts).
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from game import admin
-from game.admin import AdminError
+from game.generation import service as admin
+from game.generation.service import AdminError
 
 
 class CommandError(click.ClickException):
@@ -50,7 +50,7 @@ def _settings() -> dict:
 
 
 def _queue():
-    from game.jobs import JobQueue
+    from game.generation.jobs import JobQueue
     cfg = _settings()
     return JobQueue(_ext("redis"), max_attempts=cfg["JOB_MAX_ATTEMPTS"], visibility_s=cfg["JOB_VISIBILITY_S"])
 
@@ -249,7 +249,7 @@ def targets_jobs(status, limit):
     if not jobs:
         click.echo("no jobs")
         return
-    from game.worker import live_workers
+    from game.generation.worker import live_workers
     alive = {w["name"] for w in live_workers(_ext("redis"))}
     now = time.time()
     rows = []
@@ -276,7 +276,7 @@ def targets_export(directory):
     Writes targets, images, embeddings, puzzle days, players, submissions and
     boards as files (manifest.json, keys.jsonl, images/*.png).
     """
-    from game import backup
+    from game.store import backup
     summary = backup.export_all(_ext("redis"), directory)
     click.echo(f"exported {summary} to {directory}")
 
@@ -292,7 +292,7 @@ def targets_import(directory, replace, yes):
     Every file is checked before anything is written; then all keys are
     written in one transaction: everything or nothing.
     """
-    from game import backup
+    from game.store import backup
     if replace and not yes and not click.confirm("delete all game data in this Redis and import the backup?"):
         raise CommandError("nothing imported")
     summary = backup.import_all(_ext("redis"), directory, replace=replace)
@@ -385,16 +385,14 @@ worker = AppGroup("worker", help="Run the background generator worker.")
 @admin_errors
 def worker_run(name, once):
     """Consume generation jobs and keep the pool topped up."""
-    from game.worker import Worker
+    from game.generation.worker import Worker
     Worker.from_app(current_app, name=name).run(once=once)
 
 
 def init_app(app) -> None:
-    """Register the command groups and the admin page on `app`."""
+    """Register the command groups on `app`."""
     for group in (targets, models, puzzles, worker):
         app.cli.add_command(group)
-    from game import admin_views
-    admin_views.init_app(app)
 
 
 def _bare_app():
@@ -410,7 +408,3 @@ def standalone(argv=None) -> None:
     (e.g. to download weights before a production app, which refuses to start without them)."""
     from flask.cli import ScriptInfo
     click.Group("python -m game.cli", commands={"models": models})(args=argv, obj=ScriptInfo(create_app=_bare_app))
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess in tests
-    standalone()

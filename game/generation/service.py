@@ -1,6 +1,6 @@
 """What the admin commands and the worker do, as plain functions (no click, no request).
 
-`game/cli.py` is a thin layer of click commands over these; the worker and the
+`game/cli/__init__.py` is a thin layer of click commands over these; the worker and the
 admin page call them too, so each behaviour is written and tested once.
 Errors an admin can fix raise `AdminError` with a message that says what to do;
 the CLI prints it in red and exits 1.

@@ -1,9 +1,9 @@
-"""The background generator worker: `python -m game.worker` (the Procfile's `worker:`).
+"""The background generator worker: `python -m game.generation.worker` (the Procfile's `worker:`).
 
 A long-lived process that loads its CLIP and VQGAN once and keeps them (no
 fork per job: CUDA state does not survive a fork, and loading costs seconds),
 then loops:
-  1. claim a job from the queue (game/jobs.py) -- first any job a dead worker
+  1. claim a job from the queue (game/generation/jobs.py) -- first any job a dead worker
      left behind past the visibility timeout, else a new one -- generate it,
      commit the target idempotently, acknowledge;
   2. when there is no job, top the pool up: if fewer than POOL_TARGET fresh GAN
@@ -36,12 +36,12 @@ from typing import Callable, Optional
 
 import redis
 
-from game import admin
-from game.jobs import JobQueue, default_consumer_name
+from game.generation import service as admin
+from game.generation.jobs import JobQueue, default_consumer_name
 
 log = logging.getLogger("captionary.worker")
 
-PROMPTS_FILE = Path(__file__).resolve().parent.parent / "assets" / "prompts.txt"
+PROMPTS_FILE = Path(__file__).resolve().parents[2] / "assets" / "prompts.txt"
 WORKERS_SET = "captionary:workers"
 HEARTBEAT_TTL_S = 60
 TOUCH_EVERY_S = 1.0  # heartbeat + queue touch at most this often during a job
@@ -182,7 +182,7 @@ class Worker:
         self.r.srem(WORKERS_SET, self.name)
         # Each process is a new consumer name; drop ours from the group when it holds nothing
         # (deleting a consumer with pending entries would orphan them, so never then).
-        from game.jobs import GROUP, STREAM
+        from game.generation.jobs import GROUP, STREAM
         try:
             if not self.r.xpending_range(STREAM, GROUP, "-", "+", 1, consumername=self.name):
                 self.r.xgroup_delconsumer(STREAM, GROUP, self.name)
@@ -351,13 +351,13 @@ class Worker:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m game.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m game.generation.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--name", help="consumer name (default host:pid:random)")
     parser.add_argument("--once", action="store_true", help="drain the queue, top up once, then exit")
     parser.add_argument("--no-top-up", action="store_true", help="only consume queued jobs")
     parser.add_argument("--generate", metavar="MODULE:FUNCTION",
-                        help="a generation function with game.admin.generate_target's signature "
-                             "(experiments, tests); default: game.admin:generate_target")
+                        help="a generation function with game.generation.service.generate_target's signature "
+                             "(experiments, tests); default: game.generation.service:generate_target")
     args = parser.parse_args(argv)
     generate_fn = admin.generate_target
     if args.generate:

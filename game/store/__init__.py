@@ -44,7 +44,7 @@ import redis
 
 from game import players as players_mod
 from game import puzzles as pz
-from game.store_targets import TargetsMixin, Target, Puzzle  # noqa: F401  (re-exported)
+from game.store.targets import TargetsMixin, Target, Puzzle  # noqa: F401  (re-exported)
 
 _LUA_DIR = Path(__file__).with_name("lua")
 Q_SCALE = 1_000_000  # scores are ranked in micro-units: differences below 1e-6 are ties

@@ -90,7 +90,7 @@ def socket_path(instance_path: str | os.PathLike) -> str:
 
 def _config_text(instance: str, sock: str) -> str:
     return "\n".join([
-        "# Written by game/redis_server.py; regenerated at every start.",
+        "# Written by game/store/server.py; regenerated at every start.",
         "daemonize yes",  # the server outlives the process that starts it
         f"pidfile {os.path.join(instance, PID_NAME)}",
         f"logfile {os.path.join(instance, LOG_NAME)}",

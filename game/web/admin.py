@@ -141,7 +141,7 @@ def history_svg(history, width: int = 240, height: int = 90, threshold: Optional
 
 
 def _cfg() -> dict:
-    from game import admin
+    from game.generation import service as admin
     try:
         return admin.settings(current_app.config)
     except admin.AdminError:
@@ -184,8 +184,8 @@ def image(target_id: str):
 
 @bp.get("/jobs")
 def jobs():
-    from game.jobs import STATUSES, JobQueue
-    from game.worker import live_workers
+    from game.generation.jobs import STATUSES, JobQueue
+    from game.generation.worker import live_workers
     client = current_app.extensions["redis"]
     queue = JobQueue(client)
     status = request.args.get("status") or None

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, jsonify, request
 
 from game import puzzles as pz
-from game.protocol import ProtocolError, board_entry, public_id, validate_message
-from game.views import current_player
+from game.service import ProtocolError, board_entry, public_id, validate_message
+from game.web.pages import current_player
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

@@ -83,8 +83,8 @@ class RedisCollector:
         up = GaugeMetricFamily("captionary_redis_up", "1 when Redis answered this scrape")
         try:
             client, store = ext["redis"], ext["store"]
-            from game.jobs import JobQueue
-            from game.worker import live_workers
+            from game.generation.jobs import JobQueue
+            from game.generation.worker import live_workers
             depth = JobQueue(client).pending_count()
             pool = store.pool()
             workers = live_workers(client)
@@ -142,7 +142,7 @@ def _generation_rates(client, workers: list[dict]) -> dict[str, float]:
 
 def instrument_game(game, metrics: Metrics) -> None:
     """Count and time the process's Game actions (instance attributes shadow the class methods)."""
-    from game.protocol import ProtocolError
+    from game.service import ProtocolError
 
     def wrap(name, on_ok):
         original = getattr(game, name)
@@ -357,7 +357,7 @@ def readiness(app) -> tuple[bool, dict]:
                        "demo_mode": bool(getattr(judge, "demo_mode", False))}
     required = bool(app.config.get("READY_REQUIRES_WORKERS"))
     if checks["redis"]["ok"]:
-        from game.worker import live_workers
+        from game.generation.worker import live_workers
         try:
             workers = live_workers(ext["redis"])
             checks["workers"] = {"ok": bool(workers) or not required, "alive": len(workers), "required": required}

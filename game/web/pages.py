@@ -16,7 +16,7 @@ from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redi
 
 from game import players
 from game import puzzles as pz
-from game.protocol import ProtocolError, board_entry, error, public_id
+from game.service import ProtocolError, board_entry, error, public_id
 
 bp = Blueprint("views", __name__)
 _TARGET_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -277,6 +277,6 @@ def init_app(app) -> None:
     app.register_blueprint(bp)
     app.register_error_handler(redis.exceptions.ConnectionError, _database_unavailable)
     app.register_error_handler(redis.exceptions.TimeoutError, _database_unavailable)
-    # Security headers (CSP, nosniff, framing) come from game/security.py for every response.
+    # Security headers (CSP, nosniff, framing) come from game/web/security.py for every response.
     for code in (400, 404, 405, 413, 500):
         app.register_error_handler(code, _error_page)

@@ -21,7 +21,7 @@ Headers (setdefault: a view that needs something else sets its own first):
 In production the session cookie is also `Secure` (CAPTIONARY_COOKIE_SECURE=false turns
 that off for a deployment that really serves plain HTTP, e.g. behind a VPN).
 
-`FrameBudget` is the websocket flood guard game/ws.py applies per connection
+`FrameBudget` is the websocket flood guard game/web/ws.py applies per connection
 (CAPTIONARY_FRAME_RATE frames/s, bursts of CAPTIONARY_FRAME_BURST; 60 and 120 by default).
 """
 from __future__ import annotations

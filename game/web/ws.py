@@ -1,4 +1,4 @@
-"""The websocket endpoint (/ws, flask-sock): parse, call `game.protocol`, send JSON. Thin on purpose.
+"""The websocket endpoint (/ws, flask-sock): parse, call `game.service`, send JSON. Thin on purpose.
 
 Per connection: the player id comes from the same signed session cookie as
 the pages (no cookie -> 401 before the upgrade); the handshake's Origin must
@@ -23,8 +23,8 @@ import redis
 from flask import Blueprint, current_app, jsonify, request, session
 from flask_sock import Sock
 
-from game.protocol import ProtocolError, error, parse_message
-from game.security import FrameBudget
+from game.service import ProtocolError, error, parse_message
+from game.web.security import FrameBudget
 
 log = logging.getLogger("captionary.ws")
 bp = Blueprint("ws", __name__)
@@ -180,7 +180,7 @@ def websocket(ws):
     game, hub = app.extensions["game"], app.extensions["board_hub"]
     max_bytes = app.config["MAX_FRAME_BYTES"]
     conn = Connection(ws, session["player"])
-    # game/ops.py (graceful SIGTERM): tracks open sockets; while draining, each is closed with
+    # game/web/ops.py (graceful SIGTERM): tracks open sockets; while draining, each is closed with
     # 1012 once its current batch is answered, so in-flight drafts and submissions finish.
     drain = app.extensions.get("drain")
     budget = FrameBudget(app.config.get("FRAME_RATE", 60.0), app.config.get("FRAME_BURST", 120.0))
@@ -195,7 +195,7 @@ def websocket(ws):
             # Whatever else already arrived is handled together: a newer draft overtakes older ones.
             while len(batch) < MAX_BATCH and (more := ws.receive(timeout=0)) is not None:
                 batch.append(more)
-            # Flood guard (game/security.py FrameBudget): frames over the per-connection budget are
+            # Flood guard (game/web/security.py FrameBudget): frames over the per-connection budget are
             # dropped before parsing, with one slow_down notice per batch instead of a reply each.
             batch, dropped = budget.admit(batch)
             if dropped and not conn.send(error("slow_down", f"slow down: {dropped} message(s) ignored")):
