@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 
+from game.errors import AdminError
+
 DEV_SECRET_PLACEHOLDER = "dev-not-secret"
 
 DEFAULTS: dict = {
@@ -132,3 +134,45 @@ def _instance_secret(instance_path: str) -> str:
     finally:
         os.unlink(tmp)
     return key
+
+
+# -- generation settings -----------------------------------------------------
+# Read by the worker, `flask targets` and the admin pages, not by the web app,
+# so they are checked where they are used (an AdminError naming the setting),
+# not at start-up by finish(). Env `CAPTIONARY_X` -> config `X`:
+#   GAN_MIN_SCORE      self-score a worker-generated target must reach (0.40)
+#   POOL_TARGET        fresh (never shown) ready GAN targets the worker keeps for the coming days (K, 6)
+#   JOB_MAX_ATTEMPTS   deliveries before a job is parked as failed (3)
+#   JOB_VISIBILITY_S   seconds before a silent worker's job is taken over (300)
+#   GEN_SIZE, GEN_ITERATIONS, GEN_SEEDS, GEN_KEEP, GEN_CUTN   generation defaults (256, 300, 4, 1, 32)
+#   WORKER_IDLE_S      how long an idle worker blocks on the queue between pool checks (5)
+
+GENERATION_DEFAULTS: dict = {
+    "GAN_MIN_SCORE": 0.40,
+    "POOL_TARGET": 6,
+    "JOB_MAX_ATTEMPTS": 3,
+    "JOB_VISIBILITY_S": 300.0,
+    "GEN_SIZE": 256,
+    "GEN_ITERATIONS": 300,
+    "GEN_SEEDS": 4,
+    "GEN_KEEP": 1,
+    "GEN_CUTN": 32,
+    "WORKER_IDLE_S": 5.0,
+}
+_SETTING_TYPES = {"GAN_MIN_SCORE": float, "JOB_VISIBILITY_S": float, "WORKER_IDLE_S": float}
+
+
+def generation_settings(config: dict) -> dict:
+    """The generation settings of a config (`GENERATION_DEFAULTS` filled in), typed and checked."""
+    out = {}
+    for key, default in GENERATION_DEFAULTS.items():
+        raw = config.get(key, default)
+        kind = _SETTING_TYPES.get(key, int)
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise AdminError(f"CAPTIONARY_{key} must be a number, not {raw!r}") from None
+        if key != "GAN_MIN_SCORE" and value <= 0:
+            raise AdminError(f"CAPTIONARY_{key} must be positive, not {raw!r}")
+        out[key] = value
+    return out

@@ -8,7 +8,9 @@ import random
 import pytest
 from PIL import Image
 
-from game.generation import service as admin
+from game.config import generation_settings
+from game.errors import AdminError
+from game.generation.service import job_payload, pool_shortfall
 from game.generation.jobs import JobQueue
 from game.generation.worker import Worker, combined_prompts, live_workers, load_prompts, pick_prompt
 
@@ -35,7 +37,7 @@ def make_worker(app, name="w1", **kw):
 
 
 def enqueue(app, prompt, **extra):
-    payload = admin.job_payload(prompt, **{**SMALL, **extra})
+    payload = job_payload(prompt, **{**SMALL, **extra})
     return JobQueue(app.extensions["redis"]).enqueue(payload)
 
 
@@ -137,14 +139,14 @@ def test_top_up_fills_the_pool_then_stops(app, store, caplog):
     assert target.prompt in load_prompts() or target.prompt in combined_prompts()
     assert "pool short by 1" in caplog.text
     assert worker.top_up() is None  # K=1 fresh target: nothing more to do
-    assert admin.pool_shortfall(store, worker.cfg) == 0
+    assert pool_shortfall(store, worker.cfg) == 0
 
 
 def test_top_up_counts_targets_already_shown_as_used(app, store, clock):
     worker = make_worker(app)
     worker.run(once=True)
     store.freeze_day(store.today())  # today's puzzle shows the only GAN target
-    assert admin.pool_shortfall(store, worker.cfg) == 1
+    assert pool_shortfall(store, worker.cfg) == 1
     job_id = worker.top_up()
     assert job_id and worker.queue.get(job_id).payload["source"] == "topup"
     assert worker.top_up() is None  # the one in flight covers the gap: no duplicate job
@@ -214,7 +216,7 @@ def test_worker_falls_back_to_tiny_models_in_development_only(app, tmp_path):
     choice = worker.prepare()
     assert (choice.clip_model, choice.vqgan_model) == ("test-tiny", "test-tiny")
     app.config["ENV"] = "production"
-    with pytest.raises(admin.AdminError, match="not on this machine"):
+    with pytest.raises(AdminError, match="not on this machine"):
         make_worker(app).prepare()
 
 
@@ -297,7 +299,7 @@ def test_worker_survives_a_redis_outage(app, tmp_path, caplog):
                 time.sleep(0.1)
             assert thread.is_alive() and caplog.text.count("Redis unavailable") >= 2  # retried, not crashed
             server = start_redis()  # an empty Redis again (e.g. restarted without persistence)
-            job_id = JobQueue(client).enqueue(admin.job_payload("a phoenix", **SMALL))
+            job_id = JobQueue(client).enqueue(job_payload("a phoenix", **SMALL))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and JobQueue(client).get(job_id).status != "done":
                 time.sleep(0.2)
@@ -333,7 +335,7 @@ def test_top_ups_pause_after_rejections_in_a_row(app, store, caplog):
     assert worker.topup_not_before > time.monotonic() and "pausing top-ups" in caplog.text
     # A queued admin job is still taken at once during the pause, and an accepted image ends it.
     app.config["GAN_MIN_SCORE"] = -1.0
-    worker.cfg = admin.settings(app.config)
+    worker.cfg = generation_settings(app.config)
     job_id = worker.top_up()
     worker.process_one()
     assert worker.queue.get(job_id).status == "done"

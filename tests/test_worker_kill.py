@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 
-from game.generation import service as admin
+from game.generation.service import generate_target, job_payload
 from game.generation.jobs import JobQueue
 from game.generation.worker import live_workers
 
@@ -27,7 +27,7 @@ def slow_generate(store, scorer, clip, vqgan, payload, defaults, *, on_step=None
     def slow(info):
         time.sleep(STEP_DELAY_S)
         on_step(info)
-    return admin.generate_target(store, scorer, clip, vqgan, payload, defaults, on_step=slow, **kwargs)
+    return generate_target(store, scorer, clip, vqgan, payload, defaults, on_step=slow, **kwargs)
 
 
 def _start(name, redis_url, tmp_path):
@@ -58,7 +58,7 @@ def _wait(predicate, timeout, what, procs=()):
 def test_killed_worker_loses_nothing_and_another_finishes_the_job(redis_client, redis_url, tmp_path):
     from game.store import Store
     queue = JobQueue(redis_client)
-    payload = admin.job_payload("a hot air balloon shaped like a fish", size=32, iterations=40, seeds=1, cutn=4,
+    payload = job_payload("a hot air balloon shaped like a fish", size=32, iterations=40, seeds=1, cutn=4,
                                 seed=11)
     job_id = queue.enqueue(payload)
     store = Store(redis_client, "test-tiny/random")

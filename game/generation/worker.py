@@ -36,8 +36,11 @@ from typing import Callable, Optional
 
 import redis
 
-from game.generation import service as admin
+from game.config import generation_settings
+from game.errors import AdminError
 from game.generation.jobs import JobQueue, default_consumer_name
+from game.generation.service import (TINY, ModelChoice, find_job_target, generate_target, job_payload, load_models,
+                                     model_choice, pool_shortfall, step_fields, validate_prompt)
 
 log = logging.getLogger("captionary.worker")
 
@@ -76,7 +79,7 @@ def load_prompts(path: Path | str = PROMPTS_FILE) -> list[str]:
                 continue
             if any(c in line for c in "|^:"):
                 raise ValueError(f"{path}:{number}: prompt syntax characters (| ^ :) in a curated prompt")
-            prompts.append(admin.validate_prompt(line))
+            prompts.append(validate_prompt(line))
     return prompts
 
 
@@ -112,13 +115,13 @@ class Worker:
     """One worker process: models loaded once, a queue consumer, a pool keeper."""
 
     def __init__(self, *, redis, store, scorer, config: dict, name: Optional[str] = None,
-                 prompts_path: Path | str = PROMPTS_FILE, generate_fn: Callable = admin.generate_target,
+                 prompts_path: Path | str = PROMPTS_FILE, generate_fn: Callable = generate_target,
                  rng: Optional[random.Random] = None, top_up: bool = True):
         self.r = redis
         self.store = store
         self.scorer = scorer
         self.config = config
-        self.cfg = admin.settings(config)
+        self.cfg = generation_settings(config)
         self.name = name or default_consumer_name()
         self.queue = JobQueue(redis, max_attempts=self.cfg["JOB_MAX_ATTEMPTS"],
                               visibility_s=self.cfg["JOB_VISIBILITY_S"])
@@ -127,7 +130,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.top_up_enabled = top_up
         self.models: dict = {}  # loaded once, kept for the life of the process
-        self.default_choice: Optional[admin.ModelChoice] = None  # set by prepare()
+        self.default_choice: Optional[ModelChoice] = None  # set by prepare()
         self.stop = threading.Event()
         self.rejected_in_a_row = 0  # top-up images below the threshold since the last accepted one
         self.topup_not_before = 0.0  # monotonic time; top-ups pause after rejections (see _after_rejection)
@@ -139,30 +142,30 @@ class Worker:
         ext = app.extensions
         return cls(redis=ext["redis"], store=ext["store"], scorer=ext["scorer"], config=app.config, **kwargs)
 
-    def prepare(self) -> admin.ModelChoice:
+    def prepare(self) -> ModelChoice:
         """Load the configured CLIP and VQGAN now (once), so a missing file is reported at start.
 
         In development, when the configured weights are not here, the worker
         falls back to the tiny random models, as the web app's demo mode does
         (and says so); in production it refuses to start.
         """
-        choice = admin.model_choice(self.config)
+        choice = model_choice(self.config)
         try:
-            admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
-        except admin.AdminError as exc:
+            load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
+        except AdminError as exc:
             if self.config.get("ENV") == "production" or not self.config.get("DEMO_FALLBACK", True):
                 raise
             log.warning("DEMO MODE: generation models unavailable, using the random test-tiny models "
                         "(images and scores are not real):\n%s", exc)
-            choice = admin.ModelChoice(admin.TINY, "random", admin.TINY, choice.device, choice.models_dir)
-            admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
+            choice = ModelChoice(TINY, "random", TINY, choice.device, choice.models_dir)
+            load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
         self.default_choice = choice
         return choice
 
-    def _choice_for(self, payload: dict) -> admin.ModelChoice:
+    def _choice_for(self, payload: dict) -> ModelChoice:
         if not any(payload.get(k) for k in ("clip_model", "clip_pretrained", "vqgan_model")):
             return self.default_choice or self.prepare()
-        return admin.model_choice(self.config, payload.get("clip_model"), payload.get("clip_pretrained"),
+        return model_choice(self.config, payload.get("clip_model"), payload.get("clip_pretrained"),
                                   payload.get("vqgan_model"))
 
     # -- heartbeat --------------------------------------------------------
@@ -202,7 +205,7 @@ class Worker:
         payload = job.payload
         log.info("job %s (attempt %d/%d): %r", job.id, job.attempts, self.queue.max_attempts, payload.get("prompt"))
         self.heartbeat("working", job, "loading")
-        existing = admin.find_job_target(self.store, job.id, self.scorer)
+        existing = find_job_target(self.store, job.id, self.scorer)
         if existing:  # an earlier attempt committed before dying: just acknowledge
             self.queue.commit(job, lambda: existing, lambda: existing)
             log.info("job %s: already committed as target %s by an earlier attempt", job.id, existing)
@@ -216,7 +219,7 @@ class Worker:
             if now - last["t"] < TOUCH_EVERY_S:
                 return
             last["t"] = now
-            fields = admin.step_fields(info)
+            fields = step_fields(info)
             progress = f"{fields['iteration']}/{fields['total'] or payload.get('iterations')}"
             if not self.queue.touch(job, self.name):
                 raise LostJob(f"job {job.id} was taken over by {self.queue.owner(job)}")
@@ -225,12 +228,12 @@ class Worker:
 
         try:
             choice = self._choice_for(payload)
-            clip, vqgan = admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
+            clip, vqgan = load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
             min_score = payload.get("min_score")
             seeded = self.generate_fn(
                 self.store, self.scorer, clip, vqgan, payload, self.cfg, on_step=on_step, min_score=min_score,
                 job_id=job.id,
-                commit=lambda write: self.queue.commit(job, lambda: admin.find_job_target(self.store, job.id,
+                commit=lambda write: self.queue.commit(job, lambda: find_job_target(self.store, job.id,
                                                                                           self.scorer), write))
         except LostJob as exc:
             log.warning("%s; leaving it to that worker", exc)
@@ -290,13 +293,13 @@ class Worker:
             return None
         try:
             in_flight = self.in_flight_topups()
-            short = admin.pool_shortfall(self.store, self.cfg, in_flight=len(in_flight))
+            short = pool_shortfall(self.store, self.cfg, in_flight=len(in_flight))
             if short <= 0:
                 return None
             avoid = {t.prompt for t in self.store.list_targets(kind="gan") if t.prompt}
             avoid |= {j.payload.get("prompt") for j in in_flight}
             prompt = pick_prompt(self.rng, self.prompts, avoid)
-            payload = admin.job_payload(prompt, size=self.cfg["GEN_SIZE"], iterations=self.cfg["GEN_ITERATIONS"],
+            payload = job_payload(prompt, size=self.cfg["GEN_SIZE"], iterations=self.cfg["GEN_ITERATIONS"],
                                         seeds=self.cfg["GEN_SEEDS"], keep=self.cfg["GEN_KEEP"],
                                         seed=self.rng.randrange(2**31), min_score=self.cfg["GAN_MIN_SCORE"],
                                         source="topup")
@@ -359,7 +362,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="a generation function with game.generation.service.generate_target's signature "
                              "(experiments, tests); default: game.generation.service:generate_target")
     args = parser.parse_args(argv)
-    generate_fn = admin.generate_target
+    generate_fn = generate_target
     if args.generate:
         import importlib
         module, _, name = args.generate.partition(":")
@@ -382,7 +385,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
             worker.prepare()
             worker.run(once=args.once)
-        except admin.AdminError as exc:
+        except AdminError as exc:
             print(f"worker cannot start: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import redis
 
-from game.generation.service import AdminError
+from game.errors import AdminError
 
 PREFIX = "cap:"
 SKIP_PREFIXES = ("cap:rl:", "cap:lock:")  # rate-limit buckets and locks are ephemeral

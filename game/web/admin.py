@@ -141,11 +141,12 @@ def history_svg(history, width: int = 240, height: int = 90, threshold: Optional
 
 
 def _cfg() -> dict:
-    from game.generation import service as admin
+    from game.config import GENERATION_DEFAULTS, generation_settings
+    from game.errors import AdminError
     try:
-        return admin.settings(current_app.config)
-    except admin.AdminError:
-        return dict(admin.SETTING_DEFAULTS)
+        return generation_settings(current_app.config)
+    except AdminError:
+        return dict(GENERATION_DEFAULTS)
 
 
 @bp.get("/")
