@@ -1,9 +1,10 @@
 """Configuration: defaults, environment (CAPTIONARY_*, REDIS_URL), validation.
 
-`create_app` applies, in order: `DEFAULTS`, `app.config.from_prefixed_env("CAPTIONARY")`
-(so `CAPTIONARY_X=...` becomes `app.config["X"]`, JSON-decoded when it parses),
+`load()` applies, in order: `DEFAULTS`, Flask's `from_prefixed_env("CAPTIONARY")`
+(so `CAPTIONARY_X=...` becomes `config["X"]`, JSON-decoded when it parses),
 `REDIS_URL`, then the test overrides; `finish()` then coerces types and checks
-what production requires. Values that are not obviously right fail here, at
+what production requires. `create_app` and the worker (`from_environment`,
+no app) both read their settings through it. Values that are not obviously right fail here, at
 start-up, with a message naming the setting, instead of later as an HTTP 500.
 """
 from __future__ import annotations
@@ -102,6 +103,52 @@ def finish(config: dict, instance_path: str) -> None:
                 "means random weights whose scores are meaningless")
     elif not secret:
         config["SECRET_KEY"] = _instance_secret(instance_path)
+
+
+def load(instance_path: str, test_config: dict | None = None) -> dict:
+    """The finished settings: DEFAULTS, then CAPTIONARY_* and REDIS_URL from the environment, then test_config."""
+    # Flask's own Config parses the environment, so the worker reads CAPTIONARY_* exactly as the app does.
+    from flask import Config
+    config = Config(instance_path)
+    config.from_mapping(DEFAULTS)
+    config.from_prefixed_env("CAPTIONARY")
+    if os.environ.get("REDIS_URL"):
+        config["REDIS_URL"] = os.environ["REDIS_URL"]
+    if test_config:
+        config.from_mapping(test_config)
+    finish(config, instance_path)
+    return dict(config)
+
+
+def requested_instance_path(test_config: dict | None = None) -> str | None:
+    """The instance folder asked for: INSTANCE_PATH (tests), else CAPTIONARY_INSTANCE_PATH; None: the default."""
+    # Moving it (tests, several installations on one machine) moves the embedded Redis and the development secret.
+    instance = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("CAPTIONARY_INSTANCE_PATH")
+    return os.path.abspath(instance) if instance else None
+
+
+def default_instance_path() -> str:
+    """The folder `Flask("game", instance_relative_config=True)` picks: ./instance in a checkout."""
+    from flask.sansio.scaffold import find_package
+    prefix, package_path = find_package("game")
+    if prefix is None:  # not installed: next to the package
+        return os.path.join(package_path, "instance")
+    return os.path.join(prefix, "var", "game-instance")
+
+
+def from_environment(test_config: dict | None = None) -> tuple[dict, str]:
+    """(settings, instance folder) as create_app would make them, for processes without the app (the worker)."""
+    instance = requested_instance_path(test_config) or default_instance_path()
+    return load(instance, test_config), instance
+
+
+def configure_logging() -> None:
+    """Our own loggers at INFO (demo-mode warnings, imports); third-party chatter at WARNING."""
+    import logging
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("captionary", "game", "engine"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _instance_secret(instance_path: str) -> str:

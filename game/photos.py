@@ -181,6 +181,17 @@ def import_starter_photos(store, scorer_or_clip, assets_dir: Optional[str | os.P
     return changed
 
 
+def import_on_first_start(store, scorer, logger: logging.Logger = log) -> None:
+    """First start (the app factory, the worker): the shipped photos become targets, so a fresh install is playable."""
+    try:
+        added = import_starter_photos(store, scorer)
+    except Exception:  # never keep the site down over the starter set; the log says why
+        logger.exception("could not import the starter photos")
+        return
+    if added:
+        logger.info("imported %d starter photos as targets for %s", len(added), store.model_id)
+
+
 def add_photos(store, scorer, paths: list[str], *, caption: Optional[str] = None,
                title: Optional[str] = None, attribution: Optional[str] = None) -> list[str]:
     """Validate every file first, then add them all; one bad file means none is added."""

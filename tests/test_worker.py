@@ -12,7 +12,8 @@ from game.config import generation_settings
 from game.errors import AdminError
 from game.generation.service import job_payload, pool_shortfall
 from game.generation.jobs import JobQueue
-from game.generation.worker import Worker, combined_prompts, live_workers, load_prompts, pick_prompt
+from game.generation.heartbeats import live_workers
+from game.generation.worker import Worker, combined_prompts, load_prompts, pick_prompt
 
 SMALL = {"size": 32, "iterations": 4, "seeds": 1, "keep": 1, "cutn": 4}
 

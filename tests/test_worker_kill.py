@@ -16,7 +16,7 @@ from pathlib import Path
 
 from game.generation.service import generate_target, job_payload
 from game.generation.jobs import JobQueue
-from game.generation.worker import live_workers
+from game.generation.heartbeats import live_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_DELAY_S = 0.1

@@ -257,7 +257,7 @@ def targets_jobs(status, limit):
     if not jobs:
         click.echo("no jobs")
         return
-    from game.generation.worker import live_workers
+    from game.generation.heartbeats import live_workers
     alive = {w["name"] for w in live_workers(_ext("redis"))}
     now = time.time()
     rows = []

@@ -17,8 +17,9 @@ Top-ups go through the queue too, so they get the same retry-after-kill
 guarantees and several workers never generate the same thing twice. Redis
 outages are waited out with backoff; SIGTERM hands a running job back at once.
 
-Each worker keeps a heartbeat hash `captionary:workers:{name}` (expires after
-HEARTBEAT_TTL_S) with its state and current job; `live_workers()` reads them.
+Each worker keeps a heartbeat (game/generation/heartbeats.py) with its state
+and current job. The process builds its settings, judge and store itself
+(game.config, game.judge, game.store), not through the web app's factory.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import redis
 
 from game.config import generation_settings
 from game.errors import AdminError
+from game.generation import heartbeats
 from game.generation.jobs import JobQueue, default_consumer_name
 from game.generation.service import (TINY, ModelChoice, find_job_target, generate_target, job_payload, load_models,
                                      model_choice, pool_shortfall, step_fields, validate_prompt)
@@ -45,8 +47,6 @@ from game.generation.service import (TINY, ModelChoice, find_job_target, generat
 log = logging.getLogger("captionary.worker")
 
 PROMPTS_FILE = Path(__file__).resolve().parents[2] / "assets" / "prompts.txt"
-WORKERS_SET = "captionary:workers"
-HEARTBEAT_TTL_S = 60
 TOUCH_EVERY_S = 1.0  # heartbeat + queue touch at most this often during a job
 TOPUP_LOCK = "captionary:jobs:topup-lock"
 TOPUP_PATIENCE = 5  # rejections in a row before top-ups pause
@@ -95,20 +95,6 @@ def pick_prompt(rng: random.Random, curated: list[str], avoid: set[str], curated
         if fresh:
             return rng.choice(fresh)
     return rng.choice(curated or combined_prompts())  # everything used: repeats are fine, seeds differ
-
-
-def live_workers(client) -> list[dict]:
-    """Heartbeats of the workers alive now (expired ones are dropped from the set)."""
-    out = []
-    for raw in sorted(client.smembers(WORKERS_SET)):
-        name = raw.decode() if isinstance(raw, bytes) else raw
-        data = client.hgetall(f"{WORKERS_SET}:{name}")
-        if not data:
-            client.srem(WORKERS_SET, name)
-            continue
-        out.append({(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                    for k, v in data.items()})
-    return out
 
 
 class Worker:
@@ -170,19 +156,13 @@ class Worker:
 
     # -- heartbeat --------------------------------------------------------
     def heartbeat(self, state: str, job=None, progress: str = "") -> None:
-        key = f"{WORKERS_SET}:{self.name}"
-        pipe = self.r.pipeline(transaction=True)
-        pipe.sadd(WORKERS_SET, self.name)
-        pipe.hset(key, mapping={"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-                                "state": state, "job": job.id if job else "", "progress": progress,
-                                "processed": self.processed, "started": self.started, "updated": time.time(),
-                                "model_id": self.store.model_id})
-        pipe.expire(key, HEARTBEAT_TTL_S)
-        pipe.execute()
+        heartbeats.beat(self.r, self.name, {
+            "name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "state": state,
+            "job": job.id if job else "", "progress": progress, "processed": self.processed,
+            "started": self.started, "updated": time.time(), "model_id": self.store.model_id})
 
     def _forget_heartbeat(self) -> None:
-        self.r.delete(f"{WORKERS_SET}:{self.name}")
-        self.r.srem(WORKERS_SET, self.name)
+        heartbeats.forget(self.r, self.name)
         # Each process is a new consumer name; drop ours from the group when it holds nothing
         # (deleting a consumer with pending entries would orphan them, so never then).
         from game.generation.jobs import GROUP, STREAM
@@ -371,25 +351,37 @@ def main(argv: Optional[list[str]] = None) -> int:
         except (ImportError, AttributeError, ValueError) as exc:
             print(f"worker cannot start: --generate {args.generate}: {exc}", file=sys.stderr)
             return 1
-    from game import create_app
+    # The worker builds what it needs itself, from the same settings the web app reads
+    # (game.config.from_environment), and never imports the app factory or the web layer.
+    from game import config as cfg
+    from game import photos
     from game.config import ConfigError
+    from game.judge import load_judge
+    from game.store import Store, server
     try:
-        app = create_app()
+        config, instance = cfg.from_environment()
+        os.makedirs(instance, exist_ok=True)
+        cfg.configure_logging()
+        judge = load_judge(config)
+        client = server.connect(instance, config.get("REDIS_URL"))
+        store = Store.from_config(client, judge.model_id, config)
     except (ConfigError, redis.RedisError) as exc:
         print(f"worker cannot start: {exc}", file=sys.stderr)
         return 1
-    with app.app_context():
-        try:
-            worker = Worker.from_app(app, name=args.name, top_up=not args.no_top_up, generate_fn=generate_fn)
-            # SIGTERM (Procfile managers, systemd) stops at the next step; the job goes back to the queue.
-            signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
-            worker.prepare()
-            worker.run(once=args.once)
-        except AdminError as exc:
-            print(f"worker cannot start: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            pass
+    if config["IMPORT_STARTER_PHOTOS"]:
+        photos.import_on_first_start(store, judge.scorer, log)
+    try:
+        worker = Worker(redis=client, store=store, scorer=judge.scorer, config=config, name=args.name,
+                        top_up=not args.no_top_up, generate_fn=generate_fn)
+        # SIGTERM (Procfile managers, systemd) stops at the next step; the job goes back to the queue.
+        signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+        worker.prepare()
+        worker.run(once=args.once)
+    except AdminError as exc:
+        print(f"worker cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -145,6 +145,14 @@ class RedisClock:
 class Store(TargetsMixin):
     """All Captionary state for one CLIP model, in Redis. Cheap to construct; thread-safe."""
 
+    @classmethod
+    def from_config(cls, redis_client: redis.Redis, model_id: str, config: dict) -> "Store":
+        """The store with a finished config's limits (the app factory's and the worker's)."""
+        # CLOCK (tests only): a callable returning unix seconds, so tests can pin the puzzle day.
+        return cls(redis_client, model_id, puzzles_per_day=config["PUZZLES_PER_DAY"],
+                   max_submissions=config["MAX_SUBMISSIONS"], max_caption_chars=config["MAX_CAPTION_CHARS"],
+                   clock=config.get("CLOCK"))
+
     def __init__(self, redis_client: redis.Redis, model_id: str, *, puzzles_per_day: int = 3,
                  max_submissions: int = 10, max_caption_chars: int = 200,
                  clock: Optional[Callable[[], float]] = None):

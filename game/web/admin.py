@@ -186,7 +186,7 @@ def image(target_id: str):
 @bp.get("/jobs")
 def jobs():
     from game.generation.jobs import STATUSES, JobQueue
-    from game.generation.worker import live_workers
+    from game.generation.heartbeats import live_workers
     client = current_app.extensions["redis"]
     queue = JobQueue(client)
     status = request.args.get("status") or None

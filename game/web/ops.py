@@ -84,7 +84,7 @@ class RedisCollector:
         try:
             client, store = ext["redis"], ext["store"]
             from game.generation.jobs import JobQueue
-            from game.generation.worker import live_workers
+            from game.generation.heartbeats import live_workers
             depth = JobQueue(client).pending_count()
             pool = store.pool()
             workers = live_workers(client)
@@ -357,7 +357,7 @@ def readiness(app) -> tuple[bool, dict]:
                        "demo_mode": bool(getattr(judge, "demo_mode", False))}
     required = bool(app.config.get("READY_REQUIRES_WORKERS"))
     if checks["redis"]["ok"]:
-        from game.generation.worker import live_workers
+        from game.generation.heartbeats import live_workers
         try:
             workers = live_workers(ext["redis"])
             checks["workers"] = {"ok": bool(workers) or not required, "alive": len(workers), "required": required}
