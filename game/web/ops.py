@@ -23,7 +23,7 @@ reply is sent, so nothing in flight is cut. The page (static/live.js) reconnects
 close with a jittered backoff and lands on another web process.
 
 Counting drafts and submissions wraps the process's `Game` instance methods (not the
-module), so protocol.py stays free of metrics code and every entry point (websocket
+module), so game/service.py stays free of metrics code and every entry point (websocket
 and HTTP) is counted the same way.
 """
 from __future__ import annotations

@@ -56,7 +56,7 @@ HEADERS = {
 
 
 def _headers(response):
-    # Set (not setdefault) the CSP: views.py's older fixed policy runs after this one and
+    # Set (not setdefault) the CSP: pages.py's older fixed policy runs after this one and
     # uses setdefault, and this one must also name the nonce when a template used it.
     if "Content-Security-Policy" not in response.headers or g.get("csp_nonce"):
         response.headers["Content-Security-Policy"] = content_security_policy(g.get("csp_nonce"))
