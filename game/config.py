@@ -3,16 +3,14 @@
 `load()` applies, in order: `DEFAULTS`, Flask's `from_prefixed_env("CAPTIONARY")`
 (so `CAPTIONARY_X=...` becomes `config["X"]`, JSON-decoded when it parses),
 `REDIS_URL`, then the test overrides; `finish()` then coerces types and checks
-what production requires. `create_app` and the worker (`from_environment`,
-no app) both read their settings through it. Values that are not obviously right fail here, at
+what production requires; `create_app` and the worker (`from_environment`)
+both read their settings that way. Values that are not obviously right fail here, at
 start-up, with a message naming the setting, instead of later as an HTTP 500.
 """
 from __future__ import annotations
 
 import os
 import secrets
-
-from game.errors import AdminError
 
 DEV_SECRET_PLACEHOLDER = "dev-not-secret"
 
@@ -105,6 +103,40 @@ def finish(config: dict, instance_path: str) -> None:
         config["SECRET_KEY"] = _instance_secret(instance_path)
 
 
+def _instance_secret(instance_path: str) -> str:
+    """A random development key kept in the instance folder.
+
+    Stored (not regenerated per process) so every gunicorn worker and restart
+    accepts the same session cookies; random so a checkout never ships a key.
+    """
+    os.makedirs(instance_path, exist_ok=True)
+    path = os.path.join(instance_path, "dev-secret-key")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            key = fh.read().strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32)
+    # Written to a private temp file, then hard-linked into place: link() fails if
+    # another process won the race, and nobody ever reads a half-written key.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        with open(path, encoding="utf-8") as fh:
+            key = fh.read().strip()
+    finally:
+        os.unlink(tmp)
+    return key
+
+
+# -- loading: the app factory and the processes without an app ----------------
+
 def load(instance_path: str, test_config: dict | None = None) -> dict:
     """The finished settings: DEFAULTS, then CAPTIONARY_* and REDIS_URL from the environment, then test_config."""
     # Flask's own Config parses the environment, so the worker reads CAPTIONARY_* exactly as the app does.
@@ -151,37 +183,6 @@ def configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def _instance_secret(instance_path: str) -> str:
-    """A random development key kept in the instance folder.
-
-    Stored (not regenerated per process) so every gunicorn worker and restart
-    accepts the same session cookies; random so a checkout never ships a key.
-    """
-    os.makedirs(instance_path, exist_ok=True)
-    path = os.path.join(instance_path, "dev-secret-key")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            key = fh.read().strip()
-        if key:
-            return key
-    except FileNotFoundError:
-        pass
-    key = secrets.token_hex(32)
-    # Written to a private temp file, then hard-linked into place: link() fails if
-    # another process won the race, and nobody ever reads a half-written key.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(key)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        with open(path, encoding="utf-8") as fh:
-            key = fh.read().strip()
-    finally:
-        os.unlink(tmp)
-    return key
-
 
 # -- generation settings -----------------------------------------------------
 # Read by the worker, `flask targets` and the admin pages, not by the web app,
@@ -211,6 +212,7 @@ _SETTING_TYPES = {"GAN_MIN_SCORE": float, "JOB_VISIBILITY_S": float, "WORKER_IDL
 
 def generation_settings(config: dict) -> dict:
     """The generation settings of a config (`GENERATION_DEFAULTS` filled in), typed and checked."""
+    from game.errors import AdminError
     out = {}
     for key, default in GENERATION_DEFAULTS.items():
         raw = config.get(key, default)
