@@ -196,6 +196,12 @@ def _cycle_in(graph: dict[str, set[str]], members: set[str], start: str) -> list
     return [start, start]
 
 
+def modules_file(module: str) -> str:
+    """game.store.server -> game/store/server.py (or .../__init__.py), for messages."""
+    path = ROOT.joinpath(*module.split("."))
+    return str((path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).relative_to(ROOT))
+
+
 def layer_of(module: str, layers=LAYERS) -> tuple[str, int] | None:
     best = None
     for name, rank, prefixes in layers:
@@ -206,8 +212,8 @@ def layer_of(module: str, layers=LAYERS) -> tuple[str, int] | None:
     return None if best is None else (best[1], best[2])
 
 
-def upward_arrows(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
-    """'a (layer) -> b (layer)' for every import that goes up or sideways into a sibling layer."""
+def upward_arrows(graph: dict[str, set[str]], layers=LAYERS) -> list[tuple[str, str, str]]:
+    """(importer, imported, 'a (layer) -> b (layer)') for every import that goes up or into a sibling layer."""
     bad = []
     for source in sorted(graph):
         for target in sorted(graph[source]):
@@ -215,7 +221,7 @@ def upward_arrows(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
             if s is None or t is None:
                 continue  # reported by the "in no layer" check
             if s[0] != t[0] and t[1] >= s[1]:
-                bad.append(f"{source} ({s[0]}) -> {target} ({t[0]})")
+                bad.append((source, target, f"{source} ({s[0]}) -> {target} ({t[0]})"))
     return bad
 
 
@@ -245,9 +251,9 @@ def test_engine_imports_neither_game_nor_flask(graph):
 
 def test_imports_only_point_down_the_layers(graph):
     modules, lines, _ = graph
-    bad = upward_arrows(modules)
-    where = [f"{arrow}  (line {lines[(arrow.split(' ')[0], arrow.split(' -> ')[1].split(' ')[0])]})" for arrow in bad]
-    assert not bad, "imports against the layer table:\n" + "\n".join(where)
+    bad = [f"{arrow}  ({modules_file(source)} line {lines[source, target]})"
+           for source, target, arrow in upward_arrows(modules)]
+    assert not bad, "imports against the layer table:\n" + "\n".join(bad)
 
 
 def test_entry_points_are_leaves(graph):
@@ -290,7 +296,7 @@ def test_resolver_on_synthetic_sources():
 def test_layer_rules_flag_upward_and_sibling_arrows():
     graph = {"game.store": {"game.web.pages", "game.hints"}, "game.service": {"game.generation.jobs"},
              "game.web.pages": {"game.service", "game.store"}, "game.generation.jobs": set(), "game.hints": set()}
-    assert upward_arrows(graph) == ["game.service (service) -> game.generation.jobs (generation)",
-                                    "game.store (store) -> game.web.pages (web)"]
+    assert [arrow for _, _, arrow in upward_arrows(graph)] == [
+        "game.service (service) -> game.generation.jobs (generation)", "game.store (store) -> game.web.pages (web)"]
     assert layer_of("game") == ("factory", 5) and layer_of("game.nothing_here") is None
     assert layer_of("game.store.lua_loader") == ("store", 2) and layer_of("engine.vqgan") == ("engine", 0)
