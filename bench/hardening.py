@@ -646,7 +646,7 @@ def main(argv=None) -> int:
 
     def wanted(section):
         return args.only in (None, section) and not (section == "faults" and args.skip_faults)
-    from game import redis_server
+    from game.store import server as redis_server
     fuzz = {"messages": "-", "crashes": 0, "bad_replies": 0, "http_500": "-"}
     flood = {"ratio": float("nan")}
     abuse = {"leaks": "-", "stall_ms": float("nan"), "cap_held": None}

@@ -20,7 +20,7 @@ answered, and sockets that fail.
 
 `--stalled N` adds N clients that subscribe to every board and never read
 their socket (a 4 KiB receive buffer): the server must close them (their
-outbox fills or a write times out, game/ws.py) while the players' drafts and
+outbox fills or a write times out, game/web/ws.py) while the players' drafts and
 board pushes go on. Closing needs their socket buffers full (megabytes of
 pushes on loopback), so a short run normally reports 0 closed: what matters is
 that the push latency does not grow with N. Board push latency is measured from sending a submission
@@ -72,7 +72,7 @@ def seed_targets(instance: str) -> list[str]:
     """Three targets with seeded random unit embeddings for ViT-B-32/random; returns today's puzzle ids."""
     import numpy as np
     from PIL import Image
-    from game import redis_server
+    from game.store import server as redis_server
     from game.store import Store
     client = redis_server.connect(instance)
     store = Store(client, f"{MODEL}/{PRETRAINED}")
@@ -225,7 +225,7 @@ def main():
     port = args.port or _free_port()
 
     instance = tempfile.mkdtemp(prefix="captionary-wsload-")
-    from game import redis_server
+    from game.store import server as redis_server
     server = None
     try:
         puzzles = seed_targets(instance)

@@ -1,9 +1,10 @@
 """Configuration: defaults, environment (CAPTIONARY_*, REDIS_URL), validation.
 
-`create_app` applies, in order: `DEFAULTS`, `app.config.from_prefixed_env("CAPTIONARY")`
-(so `CAPTIONARY_X=...` becomes `app.config["X"]`, JSON-decoded when it parses),
+`load()` applies, in order: `DEFAULTS`, Flask's `from_prefixed_env("CAPTIONARY")`
+(so `CAPTIONARY_X=...` becomes `config["X"]`, JSON-decoded when it parses),
 `REDIS_URL`, then the test overrides; `finish()` then coerces types and checks
-what production requires. Values that are not obviously right fail here, at
+what production requires; `create_app` and the worker (`from_environment`)
+both read their settings that way. Values that are not obviously right fail here, at
 start-up, with a message naming the setting, instead of later as an HTTP 500.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ DEFAULTS: dict = {
     "SUBMIT_RATE": 2.0,
     "SUBMIT_BURST": 10,
     "ALLOWED_ORIGINS": "",  # extra websocket and POST origins besides the page's own host, comma-separated
-    # One client cannot spoil it for others (game/connlimits.py; checked there at start-up):
+    # One client cannot spoil it for others (game/web/connlimits.py; checked there at start-up):
     "TRUSTED_PROXIES": 0,  # proxy hops whose X-Forwarded-For/-Proto are trusted (ProxyFix); 0 = none
     "WS_PER_PLAYER": 8,  # open websockets per player, across all web processes; 0 = no cap
     "WS_PER_ADDRESS": 32,  # open websockets per client address; 0 = no cap
@@ -211,3 +212,95 @@ def _instance_secret(instance_path: str) -> str:
     finally:
         os.unlink(tmp)
     return key
+
+
+# -- loading: the app factory and the processes without an app ----------------
+
+def load(instance_path: str, test_config: dict | None = None) -> dict:
+    """The finished settings: DEFAULTS, then CAPTIONARY_* and REDIS_URL from the environment, then test_config."""
+    # Flask's own Config parses the environment, so the worker reads CAPTIONARY_* exactly as the app does.
+    from flask import Config
+    config = Config(instance_path)
+    config.from_mapping(DEFAULTS)
+    config.from_prefixed_env("CAPTIONARY")
+    if os.environ.get("REDIS_URL"):
+        config["REDIS_URL"] = os.environ["REDIS_URL"]
+    if test_config:
+        config.from_mapping(test_config)
+    finish(config, instance_path)
+    return dict(config)
+
+
+def requested_instance_path(test_config: dict | None = None) -> str | None:
+    """The instance folder asked for: INSTANCE_PATH (tests), else CAPTIONARY_INSTANCE_PATH; None: the default."""
+    # Moving it (tests, several installations on one machine) moves the embedded Redis and the development secret.
+    instance = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("CAPTIONARY_INSTANCE_PATH")
+    return os.path.abspath(instance) if instance else None
+
+
+def default_instance_path() -> str:
+    """The folder `Flask("game", instance_relative_config=True)` picks: ./instance in a checkout."""
+    from flask.sansio.scaffold import find_package
+    prefix, package_path = find_package("game")
+    if prefix is None:  # not installed: next to the package
+        return os.path.join(package_path, "instance")
+    return os.path.join(prefix, "var", "game-instance")
+
+
+def from_environment(test_config: dict | None = None) -> tuple[dict, str]:
+    """(settings, instance folder) as create_app would make them, for processes without the app (the worker)."""
+    instance = requested_instance_path(test_config) or default_instance_path()
+    return load(instance, test_config), instance
+
+
+def configure_logging() -> None:
+    """Our own loggers at INFO (demo-mode warnings, imports); third-party chatter at WARNING."""
+    import logging
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("captionary", "game", "engine"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+
+# -- generation settings -----------------------------------------------------
+# Read by the worker, `flask targets` and the admin pages, not by the web app,
+# so they are checked where they are used (an AdminError naming the setting),
+# not at start-up by finish(). Env `CAPTIONARY_X` -> config `X`:
+#   GAN_MIN_SCORE      self-score a worker-generated target must reach (0.40)
+#   POOL_TARGET        fresh (never shown) ready GAN targets the worker keeps for the coming days (K, 6)
+#   JOB_MAX_ATTEMPTS   deliveries before a job is parked as failed (3)
+#   JOB_VISIBILITY_S   seconds before a silent worker's job is taken over (300)
+#   GEN_SIZE, GEN_ITERATIONS, GEN_SEEDS, GEN_KEEP, GEN_CUTN   generation defaults (256, 300, 4, 1, 32)
+#   WORKER_IDLE_S      how long an idle worker blocks on the queue between pool checks (5)
+
+GENERATION_DEFAULTS: dict = {
+    "GAN_MIN_SCORE": 0.40,
+    "POOL_TARGET": 6,
+    "JOB_MAX_ATTEMPTS": 3,
+    "JOB_VISIBILITY_S": 300.0,
+    "GEN_SIZE": 256,
+    "GEN_ITERATIONS": 300,
+    "GEN_SEEDS": 4,
+    "GEN_KEEP": 1,
+    "GEN_CUTN": 32,
+    "WORKER_IDLE_S": 5.0,
+}
+_SETTING_TYPES = {"GAN_MIN_SCORE": float, "JOB_VISIBILITY_S": float, "WORKER_IDLE_S": float}
+
+
+def generation_settings(config: dict) -> dict:
+    """The generation settings of a config (`GENERATION_DEFAULTS` filled in), typed and checked."""
+    from game.errors import AdminError
+    out = {}
+    for key, default in GENERATION_DEFAULTS.items():
+        raw = config.get(key, default)
+        kind = _SETTING_TYPES.get(key, int)
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise AdminError(f"CAPTIONARY_{key} must be a number, not {raw!r}") from None
+        if key != "GAN_MIN_SCORE" and value <= 0:
+            raise AdminError(f"CAPTIONARY_{key} must be positive, not {raw!r}")
+        out[key] = value
+    return out

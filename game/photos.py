@@ -14,6 +14,9 @@ once: a Redis lock serialises them, images are deduplicated by the sha256 of
 their normalised PNG, and an embedding is computed only for a photo that lacks
 one for the current CLIP model, so each is computed once per model. A starter
 photo an admin removed is not re-imported.
+
+`add_photos(store, scorer, paths)` is `flask targets add-photo`: every file is
+checked before any is added, so a bad file means none is.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.images import png_without_metadata
 from game import hints
+from game.errors import AdminError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ MIN_SIDE = 32
 MAX_SIDE = 768
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 IMPORT_LOCK_S = 900
+MAX_TEXT_CHARS = 200  # a caption, title or attribution: what the judge scores for a caption
 
 
 class PhotoError(ValueError):
@@ -174,3 +179,49 @@ def import_starter_photos(store, scorer_or_clip, assets_dir: Optional[str | os.P
             log.info("starter photo %s -> target %s", entry["file"], changed[-1])
         store.r.set(done_key, json.dumps(names))
     return changed
+
+
+def import_on_first_start(store, scorer, logger: logging.Logger = log) -> None:
+    """First start (the app factory, the worker): the shipped photos become targets, so a fresh install is playable."""
+    try:
+        added = import_starter_photos(store, scorer)
+    except Exception:  # never keep the site down over the starter set; the log says why
+        logger.exception("could not import the starter photos")
+        return
+    if added:
+        logger.info("imported %d starter photos as targets for %s", len(added), store.model_id)
+
+
+def add_photos(store, scorer, paths: list[str], *, caption: Optional[str] = None,
+               title: Optional[str] = None, attribution: Optional[str] = None) -> list[str]:
+    """Validate every file first, then add them all; one bad file means none is added."""
+    for label, text in (("--caption", caption), ("--title", title), ("--attribution", attribution)):
+        if text is not None and (not text.strip() or len(text) > MAX_TEXT_CHARS
+                                 or any(ord(c) < 32 for c in text)):
+            raise AdminError(f"{label} must be 1 to {MAX_TEXT_CHARS} printable characters")
+    pngs, seen = [], {}
+    for path in paths:
+        try:
+            png = read_photo(path)
+        except PhotoError as exc:
+            raise AdminError(f"{path}: {exc}; nothing added") from exc
+        except OSError as exc:
+            raise AdminError(f"{path}: cannot read it ({exc.strerror or exc}); nothing added") from exc
+        sha = hashlib.sha256(png).hexdigest()
+        existing = store.find_by_sha(sha)  # active targets only: a removed photo may be added again
+        if existing:
+            raise AdminError(f"{path} is already target {existing}; nothing added")
+        if sha in seen:
+            raise AdminError(f"{path} is the same image as {seen[sha]}; nothing added")
+        seen[sha] = path
+        pngs.append(png)
+    added = []
+    try:
+        for png in pngs:
+            added.append(add_photo(store, scorer, png, title=title, attribution=attribution,
+                                          reference_caption=caption))
+    except Exception:
+        for target_id in added:  # keep "all or none" even if the store fails half-way
+            store.remove_target(target_id)
+        raise
+    return added

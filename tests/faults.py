@@ -94,7 +94,7 @@ def _logged_captions(redis_client) -> list[str]:
 
 def redis_kill_scenario(workdir: Path, embed_dim: int, players: int = 4, before_s: float = 1.5,
                         down_s: float = 1.0, after_s: float = 1.5) -> dict:
-    from game import redis_server
+    from game.store import server as redis_server
     instance = str(Path(workdir) / "killed-redis")
     client = redis_server.connect(instance)
     url = "unix://" + redis_server.socket_path(instance)

@@ -42,7 +42,7 @@ def server_env(redis_url: str, instance: str, **extra) -> dict:
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), REDIS_URL=redis_url, CAPTIONARY_INSTANCE_PATH=instance, CAPTIONARY_SECRET_KEY=SECRET,
                CAPTIONARY_CLIP_MODEL="test-tiny", CAPTIONARY_CLIP_PRETRAINED="random",
                CAPTIONARY_IMPORT_STARTER_PHOTOS="0", CAPTIONARY_TORCH_THREADS="1", PYTHONUNBUFFERED="1",
-               # Every test client is 127.0.0.1: no per-address caps (game/connlimits.py) unless a test sets them.
+               # Every test client is 127.0.0.1: no per-address caps (game/web/connlimits.py) unless a test sets them.
                CAPTIONARY_WS_PER_ADDRESS="0", CAPTIONARY_NEW_PLAYER_RATE="1000", CAPTIONARY_NEW_PLAYER_BURST="100000")
     env.update({f"CAPTIONARY_{k}": str(v) for k, v in extra.items()})
     return env

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from conftest import png_bytes
-from game.admin_views import history_svg
-from game.jobs import JobQueue
+from game.web.admin import history_svg
+from game.generation.jobs import JobQueue
 
 TOKEN = "admin-token-for-tests-0123456789abcdef"
 
@@ -122,7 +122,7 @@ def test_session_from_another_token_is_refused(redis_client, redis_url, clock):
 
 
 def test_jobs_page_lists_jobs_errors_and_workers(app):
-    from game.worker import Worker
+    from game.generation.worker import Worker
     queue = JobQueue(app.extensions["redis"], max_attempts=1)
     queue.enqueue({"prompt": "a failing prompt", "source": "topup"})
     queue.enqueue({"prompt": "a queued <b>prompt</b>", "source": "admin"})
@@ -200,7 +200,7 @@ def test_a_short_admin_token_is_a_config_error_naming_the_setting(redis_client, 
 
 
 @pytest.mark.parametrize("command", [
-    ["-m", "game.worker", "--once"],
+    ["-m", "game.generation.worker", "--once"],
     ["-m", "flask", "--app", "game", "targets", "list"],
     ["-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1", "game:create_app()"],
 ])

@@ -83,7 +83,7 @@ def test_a_forged_cookie_gives_a_new_player_not_someone_else(app, client, seeded
     other.set_cookie("captionary", body + ".AAAAAA.BBBBBBBBBBBBBBBBBBBBBBBBBBB")
     forged = other.get("/api/state").get_json()["player"]
     assert forged != victim
-    from game.protocol import public_id
+    from game.service import public_id
     assert forged != public_id("victim-player-id-000")
 
 
@@ -164,7 +164,7 @@ def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
 
     import requests
 
-    from game import redis_server
+    from game.store import server as redis_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -223,7 +223,7 @@ def test_an_all_digit_secret_from_the_environment_still_signs_cookies(tmp_path, 
 
 
 def test_redis_down_is_a_503_to_retry_never_a_500(tmp_path, clock):
-    from game import redis_server
+    from game.store import server as redis_server
     instance = tmp_path / "instance"
     app = make_app(tmp_path, None, clock, REDIS_URL=None)  # its own embedded server, which we then stop
     client = app.test_client()
@@ -243,7 +243,7 @@ def test_a_full_redis_is_a_507_storage_full_and_loses_nothing(tmp_path, clock):
     import io
     from PIL import Image
     from conftest import png_bytes
-    from game import redis_server
+    from game.store import server as redis_server
     from web_fixtures import WSClient, make_app, new_player_cookie, serving
     instance = tmp_path / "instance"
     # Its own embedded server (made full below), with a setting other than the default.

@@ -127,7 +127,7 @@ def test_seed_min_score_rejects_and_adds_nothing(cli, store):
 
 
 def test_seed_queue_enqueues_a_job_instead(cli, store, app):
-    from game.jobs import JobQueue
+    from game.generation.jobs import JobQueue
     result = cli("targets", "seed", "a fox reading a newspaper", *TINY, *GEN, "--queue")
     assert result.exit_code == 0, result.output
     [job] = JobQueue(app.extensions["redis"]).list_jobs()
@@ -225,7 +225,7 @@ def test_puzzles_show_on_an_empty_pool(cli):
 # -- jobs ---------------------------------------------------------------------------
 
 def test_jobs_lists_failed_jobs_with_their_errors(cli, app):
-    from game.jobs import JobQueue
+    from game.generation.jobs import JobQueue
     queue = JobQueue(app.extensions["redis"], max_attempts=1)
     queue.enqueue({"prompt": "a doomed prompt", "source": "admin"})
     job = queue.claim("w1")
@@ -305,8 +305,8 @@ def test_seed_with_another_clip_stores_the_judges_self_score(cli, store, app, tm
 
 
 def test_jobs_shows_progress_of_live_workers_and_flags_dead_ones(cli, app):
-    from game.jobs import JobQueue
-    from game.worker import Worker
+    from game.generation.jobs import JobQueue
+    from game.generation.worker import Worker
     redis = app.extensions["redis"]
     queue = JobQueue(redis)
     a = queue.enqueue({"prompt": "job of a live worker"})

@@ -222,7 +222,7 @@ def test_a_bad_record_refuses_replace_and_leaves_the_database_byte_for_byte(cli,
 def test_a_failed_swap_leaves_the_database_byte_for_byte(cli, app, clock, tmp_path, redis_client):
     # A staged key that vanished before the swap (its TTL ran out) must abort the swap script
     # before its first write, and the other staged keys must be cleaned up.
-    from game import backup as bk
+    from game.store import backup as bk
     _populate(app, clock)
     b = tmp_path / "b"
     assert cli("targets", "export", str(b)).exit_code == 0

@@ -69,7 +69,7 @@ def test_sockets_per_address_are_capped(app, live_server, seeded):
 
 def test_slots_of_a_dead_process_expire(redis_client):
     """A process killed with its sockets open never releases their slots: the lease runs out."""
-    from game.connlimits import ConnLimits, TooManyConnections
+    from game.web.connlimits import ConnLimits, TooManyConnections
     limits = ConnLimits(redis_client, per_player=1, per_address=10, lease_s=0.5)
     limits.acquire("player-a", "10.0.0.1")  # never released: its process "crashed"
     with pytest.raises(TooManyConnections) as info:

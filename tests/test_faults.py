@@ -2,7 +2,7 @@
 
 The scenarios live in tests/faults.py (bench/hardening.py runs them too and
 prints the figures). Killing a generator worker mid-job is covered by
-tests/test_worker_kill.py, which runs `python -m game.worker` processes for real.
+tests/test_worker_kill.py, which runs `python -m game.generation.worker` processes for real.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Tests for the generation job queue (game/jobs.py) on a real redis-server."""
+"""Tests for the generation job queue (game/generation/jobs.py) on a real redis-server."""
 import time
 
 import pytest
-from game.jobs import STREAM, JobQueue, job_key
+from game.generation.jobs import STREAM, JobQueue, job_key
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from game import redis_server
+from game.store import server as redis_server
 from game.players import _INVISIBLE, NICKNAME_MAX, NICKNAME_MIN, validate_nickname
 from game.skeleton import prototypes, skeleton, ts39_skeleton
 from game.store import NicknameTaken, Store

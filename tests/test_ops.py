@@ -43,7 +43,7 @@ def test_healthz_and_readyz_when_all_is_well(client, seeded):
 
 
 def test_readyz_can_require_a_worker_heartbeat(tmp_path, redis_url, redis_client, clock, seeded):
-    from game.worker import Worker
+    from game.generation.worker import Worker
     app = make_app(tmp_path / "req", redis_url, clock, READY_REQUIRES_WORKERS="true")
     client = app.test_client()
     resp = client.get("/readyz")
@@ -57,7 +57,7 @@ def test_readyz_can_require_a_worker_heartbeat(tmp_path, redis_url, redis_client
 
 
 def test_redis_down_makes_readyz_503_and_metrics_say_so(tmp_path, clock):
-    from game import redis_server
+    from game.store import server as redis_server
     instance = str(tmp_path / "lonely-redis")
     redis_server.connect(instance).close()
     url = "unix://" + redis_server.socket_path(instance)
@@ -72,8 +72,8 @@ def test_redis_down_makes_readyz_503_and_metrics_say_so(tmp_path, clock):
 
 
 def test_metrics_count_drafts_submissions_refusals_and_read_redis(app, client, seeded):
-    from game.jobs import JobQueue
-    from game.worker import Worker
+    from game.generation.jobs import JobQueue
+    from game.generation.worker import Worker
     p = seeded[0].id
     client.get("/")
     for i in range(3):

@@ -124,7 +124,7 @@ def test_target_images(client, seeded):
 
 
 def test_histogram_svg_is_numbers_only():
-    from game.views import histogram_svg
+    from game.web.pages import histogram_svg
     svg = histogram_svg([0.2, 0.25, 0.25, 0.31], machine=0.3)
     assert svg.startswith("<svg") and "machine 0.3000" in svg and svg.count("<rect") == 12
     assert histogram_svg([]) == ""

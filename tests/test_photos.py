@@ -138,7 +138,7 @@ class CountingClip:
 
 
 def test_starter_import_is_idempotent_across_concurrent_processes(redis_instance, redis_client, clock, tiny_clip):
-    from game import redis_server
+    from game.store import server as redis_server
     counting = CountingClip(tiny_clip)
     results, errors = [], []
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from game.protocol import ProtocolError, parse_message, public_id
-from game.ws import Connection, handle_batch
+from game.service import ProtocolError, parse_message, public_id
+from game.web.ws import Connection, handle_batch
 from web_fixtures import *  # noqa: F401,F403
 
 

@@ -49,7 +49,7 @@ def test_choice_is_deterministic_and_mixes_kinds():
 
 
 def test_every_process_sees_the_same_frozen_day(redis_instance, redis_client, clock, store):
-    from game import redis_server
+    from game.store import server as redis_server
     _add(store, 4, 3)
     other = Store(redis_server.connect(redis_instance), store.model_id, clock=clock)
     first = store.puzzles_for(store.today())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from game import redis_server
+from game.store import server as redis_server
 from game.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_config_is_durable_and_local_only(instance):
 
 
 def test_two_processes_connecting_at_once_start_one_server_that_outlives_them(instance):
-    code = ("import sys; from game.redis_server import connect; "
+    code = ("import sys; from game.store.server import connect; "
             "r = connect(sys.argv[1]); r.incr('starts'); print(r.info('server')['process_id'])")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(instance)], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]

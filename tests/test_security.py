@@ -51,7 +51,7 @@ def test_hsts_on_https_and_secure_cookie_in_production(client, seeded):
     resp = client.get("/", base_url="https://captionary.example")
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=31536000")
     from flask import Flask
-    from game import security
+    from game.web import security
     prod = Flask("prod")
     prod.config.update(ENV="production")
     security.init_app(prod)
@@ -236,7 +236,7 @@ def test_clip_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_p
 
 
 def test_frame_budget_drops_a_flood_before_parsing():
-    from game.security import FrameBudget
+    from game.web.security import FrameBudget
     now = [0.0]
     budget = FrameBudget(rate=10, burst=20, clock=lambda: now[0])
     kept, dropped = budget.admit(list(range(50)))

@@ -151,7 +151,7 @@ def test_bad_submissions_are_refused_with_codes(store, day):
 
 def test_concurrent_submissions_lose_nothing(redis_instance, redis_client, clock, day):
     """Many threads, each with its own connection, hammer one puzzle: the boards stay consistent."""
-    from game import redis_server
+    from game.store import server as redis_server
     pid = day[0]
     players = [f"concurrent-player-{i:02d}" for i in range(8)]
     expected = {}

@@ -8,9 +8,12 @@ import random
 import pytest
 from PIL import Image
 
-from game import admin
-from game.jobs import JobQueue
-from game.worker import Worker, combined_prompts, live_workers, load_prompts, pick_prompt
+from game.config import generation_settings
+from game.errors import AdminError
+from game.generation.service import job_payload, pool_shortfall
+from game.generation.jobs import JobQueue
+from game.generation.heartbeats import live_workers
+from game.generation.worker import Worker, combined_prompts, load_prompts, pick_prompt
 
 SMALL = {"size": 32, "iterations": 4, "seeds": 1, "keep": 1, "cutn": 4}
 
@@ -35,7 +38,7 @@ def make_worker(app, name="w1", **kw):
 
 
 def enqueue(app, prompt, **extra):
-    payload = admin.job_payload(prompt, **{**SMALL, **extra})
+    payload = job_payload(prompt, **{**SMALL, **extra})
     return JobQueue(app.extensions["redis"]).enqueue(payload)
 
 
@@ -137,14 +140,14 @@ def test_top_up_fills_the_pool_then_stops(app, store, caplog):
     assert target.prompt in load_prompts() or target.prompt in combined_prompts()
     assert "pool short by 1" in caplog.text
     assert worker.top_up() is None  # K=1 fresh target: nothing more to do
-    assert admin.pool_shortfall(store, worker.cfg) == 0
+    assert pool_shortfall(store, worker.cfg) == 0
 
 
 def test_top_up_counts_targets_already_shown_as_used(app, store, clock):
     worker = make_worker(app)
     worker.run(once=True)
     store.freeze_day(store.today())  # today's puzzle shows the only GAN target
-    assert admin.pool_shortfall(store, worker.cfg) == 1
+    assert pool_shortfall(store, worker.cfg) == 1
     job_id = worker.top_up()
     assert job_id and worker.queue.get(job_id).payload["source"] == "topup"
     assert worker.top_up() is None  # the one in flight covers the gap: no duplicate job
@@ -214,12 +217,12 @@ def test_worker_falls_back_to_tiny_models_in_development_only(app, tmp_path):
     choice = worker.prepare()
     assert (choice.clip_model, choice.vqgan_model) == ("test-tiny", "test-tiny")
     app.config["ENV"] = "production"
-    with pytest.raises(admin.AdminError, match="not on this machine"):
+    with pytest.raises(AdminError, match="not on this machine"):
         make_worker(app).prepare()
 
 
 def test_flask_worker_run_once_processes_the_queue_and_leaves_the_group_clean(app, store):
-    from game.jobs import GROUP, STREAM
+    from game.generation.jobs import GROUP, STREAM
     job_id = enqueue(app, "a duck wearing a crown")
     result = app.test_cli_runner().invoke(args=["worker", "run", "--once", "--name", "cli-worker"])
     assert result.exit_code == 0, result.output
@@ -244,7 +247,7 @@ def test_init_image_travels_inside_the_job(app, store, tmp_path):
 
 
 def test_top_up_waits_while_another_worker_holds_the_lock(app, store):
-    from game.worker import TOPUP_LOCK
+    from game.generation.worker import TOPUP_LOCK
     redis = app.extensions["redis"]
     redis.set(TOPUP_LOCK, "someone-else", px=5000)
     worker = make_worker(app)
@@ -261,7 +264,7 @@ def test_worker_survives_a_redis_outage(app, tmp_path, caplog):
     import time
 
     import redis as redis_lib
-    from game.redis_server import redis_executable
+    from game.store.server import redis_executable
     from game.store import Store
 
     sock = tmp_path / "r.sock"
@@ -297,7 +300,7 @@ def test_worker_survives_a_redis_outage(app, tmp_path, caplog):
                 time.sleep(0.1)
             assert thread.is_alive() and caplog.text.count("Redis unavailable") >= 2  # retried, not crashed
             server = start_redis()  # an empty Redis again (e.g. restarted without persistence)
-            job_id = JobQueue(client).enqueue(admin.job_payload("a phoenix", **SMALL))
+            job_id = JobQueue(client).enqueue(job_payload("a phoenix", **SMALL))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and JobQueue(client).get(job_id).status != "done":
                 time.sleep(0.2)
@@ -322,7 +325,7 @@ def test_once_mode_is_bounded_when_nothing_reaches_the_threshold(app, store, cap
 
 def test_top_ups_pause_after_rejections_in_a_row(app, store, caplog):
     import time
-    from game import worker as worker_mod
+    from game.generation import worker as worker_mod
     app.config.update(GAN_MIN_SCORE=0.99)
     worker = make_worker(app)
     with caplog.at_level(logging.WARNING, logger="captionary.worker"):
@@ -333,7 +336,7 @@ def test_top_ups_pause_after_rejections_in_a_row(app, store, caplog):
     assert worker.topup_not_before > time.monotonic() and "pausing top-ups" in caplog.text
     # A queued admin job is still taken at once during the pause, and an accepted image ends it.
     app.config["GAN_MIN_SCORE"] = -1.0
-    worker.cfg = admin.settings(app.config)
+    worker.cfg = generation_settings(app.config)
     job_id = worker.top_up()
     worker.process_one()
     assert worker.queue.get(job_id).status == "done"

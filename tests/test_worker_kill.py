@@ -1,6 +1,6 @@
 """Worker processes for real: one is killed with SIGKILL mid-job, a second one finishes the job.
 
-Runs `python -m game.worker` (what the Procfile starts) against the session's
+Runs `python -m game.generation.worker` (what the Procfile starts) against the session's
 Redis with the tiny models. Nothing of the killed attempt may reach the pool,
 and the job must end with exactly one target.
 """
@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 
-from game import admin
-from game.jobs import JobQueue
-from game.worker import live_workers
+from game.generation.service import generate_target, job_payload
+from game.generation.jobs import JobQueue
+from game.generation.heartbeats import live_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_DELAY_S = 0.1
@@ -27,7 +27,7 @@ def slow_generate(store, scorer, clip, vqgan, payload, defaults, *, on_step=None
     def slow(info):
         time.sleep(STEP_DELAY_S)
         on_step(info)
-    return admin.generate_target(store, scorer, clip, vqgan, payload, defaults, on_step=slow, **kwargs)
+    return generate_target(store, scorer, clip, vqgan, payload, defaults, on_step=slow, **kwargs)
 
 
 def _start(name, redis_url, tmp_path):
@@ -37,7 +37,7 @@ def _start(name, redis_url, tmp_path):
                CAPTIONARY_JOB_VISIBILITY_S="2", CAPTIONARY_WORKER_IDLE_S="0.3", CAPTIONARY_TORCH_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     log = open(tmp_path / f"{name}.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "game.worker", "--name", name, "--no-top-up",
+    return subprocess.Popen([sys.executable, "-m", "game.generation.worker", "--name", name, "--no-top-up",
                              "--generate", "test_worker_kill:slow_generate"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -58,7 +58,7 @@ def _wait(predicate, timeout, what, procs=()):
 def test_killed_worker_loses_nothing_and_another_finishes_the_job(redis_client, redis_url, tmp_path):
     from game.store import Store
     queue = JobQueue(redis_client)
-    payload = admin.job_payload("a hot air balloon shaped like a fish", size=32, iterations=40, seeds=1, cutn=4,
+    payload = job_payload("a hot air balloon shaped like a fish", size=32, iterations=40, seeds=1, cutn=4,
                                 seed=11)
     job_id = queue.enqueue(payload)
     store = Store(redis_client, "test-tiny/random")
@@ -101,6 +101,6 @@ def test_worker_refuses_an_unknown_generate_function(redis_url, tmp_path):
     env = dict(os.environ, REDIS_URL=redis_url, CAPTIONARY_SECRET_KEY="test-secret-key-0123456789",
                CAPTIONARY_CLIP_MODEL="test-tiny", CAPTIONARY_CLIP_PRETRAINED="random",
                CAPTIONARY_IMPORT_STARTER_PHOTOS="0")
-    out = subprocess.run([sys.executable, "-m", "game.worker", "--generate", "no_such_module:fn"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "game.generation.worker", "--generate", "no_such_module:fn"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "worker cannot start: --generate no_such_module:fn" in out.stderr

@@ -30,7 +30,7 @@ TEST_CONFIG = {
     "SUBMIT_RATE": 50.0,
     "SUBMIT_BURST": 50,
     # Every test client connects from 127.0.0.1 and many mint players: the per-address caps
-    # (game/connlimits.py) are lifted here; tests/test_connlimits.py sets them where it tests them.
+    # (game/web/connlimits.py) are lifted here; tests/test_connlimits.py sets them where it tests them.
     "WS_PER_ADDRESS": 0,
     "NEW_PLAYER_RATE": 1000.0,
     "NEW_PLAYER_BURST": 100000,

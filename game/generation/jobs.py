@@ -65,7 +65,7 @@ class Job:
     """One generation job as stored in Redis."""
 
     id: str
-    payload: dict  # what to generate: prompt, size, iterations, seeds, ... (see game.admin.job_payload)
+    payload: dict  # what to generate: prompt, size, iterations, seeds, ... (see game.generation.service.job_payload)
     status: str  # queued | running | done | rejected | failed
     attempts: int = 0  # deliveries so far (from the stream's counter)
     error: Optional[str] = None  # last error; for a failed job, why it was parked

@@ -38,7 +38,7 @@ def gunicorn_argv(host: str, port: int, threads: int, workers: int) -> list[str]
 @click.option("--server", type=click.Choice(["gunicorn", "werkzeug"]), default="gunicorn", show_default=True)
 def play_command(host, port, threads, workers, server):
     """Start the game on http://127.0.0.1:8000 with the embedded Redis."""
-    from game import redis_server
+    from game.store import server as redis_server
     app = current_app._get_current_object()
     store = app.extensions["store"]
     # The factory already connected, starting the embedded server if none answered. Only a

@@ -1,72 +1,36 @@
-"""What the admin commands and the worker do, as plain functions (no click, no request).
+"""The generation service: what the worker and `flask targets seed` do, as plain functions.
 
-`game/cli.py` is a thin layer of click commands over these; the worker and the
-admin page call them too, so each behaviour is written and tested once.
-Errors an admin can fix raise `AdminError` with a message that says what to do;
-the CLI prints it in red and exits 1.
-
-Settings this module adds (env `CAPTIONARY_X` -> config `X`; see `settings()`):
-  GAN_MIN_SCORE      self-score a worker-generated target must reach (0.40)
-  POOL_TARGET        fresh (never shown) ready GAN targets the worker keeps for the coming days (K, 6)
-  JOB_MAX_ATTEMPTS   deliveries before a job is parked as failed (3)
-  JOB_VISIBILITY_S   seconds before a silent worker's job is taken over (300)
-  GEN_SIZE, GEN_ITERATIONS, GEN_SEEDS, GEN_KEEP, GEN_CUTN   generation defaults (256, 300, 4, 1, 32)
-  WORKER_IDLE_S      how long an idle worker blocks on the queue between pool checks (5)
+A job's payload (`job_payload`, checked here before it is queued), the
+engine's GenerationConfig for it, the models a generation uses (`model_choice`,
+`load_models`, once per process), one generation turned into a pool target
+(`generate_target`, idempotent under a worker's retries with `find_job_target`),
+and how many targets the pool is short (`pool_shortfall`). No click, no request:
+the CLI, the worker and the admin pages call these, so each behaviour is
+written and tested once. Errors an admin can fix raise `AdminError`
+(game/errors.py) with a message that says what to do. The settings they read
+(GAN_MIN_SCORE, POOL_TARGET, GEN_*, ...) are `game.config.generation_settings`.
 """
 from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime as dt
 import logging
-import math
 import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
+
+from game.errors import AdminError
 
 log = logging.getLogger("captionary.admin")
 
 TINY = "test-tiny"
 
-SETTING_DEFAULTS: dict[str, Any] = {
-    "GAN_MIN_SCORE": 0.40,
-    "POOL_TARGET": 6,
-    "JOB_MAX_ATTEMPTS": 3,
-    "JOB_VISIBILITY_S": 300.0,
-    "GEN_SIZE": 256,
-    "GEN_ITERATIONS": 300,
-    "GEN_SEEDS": 4,
-    "GEN_KEEP": 1,
-    "GEN_CUTN": 32,
-    "WORKER_IDLE_S": 5.0,
-}
-_SETTING_TYPES = {"GAN_MIN_SCORE": float, "JOB_VISIBILITY_S": float, "WORKER_IDLE_S": float}
 MAX_PROMPT_CHARS = 200  # the judge scores captions up to 200 characters
 MAX_SIZE = 2048
 MAX_ITERATIONS = 100_000
 MAX_SEEDS = 64
-
-
-class AdminError(RuntimeError):
-    """Something an admin can fix; the message says what and how."""
-
-
-def settings(config: dict) -> dict:
-    """This module's settings from an app config, typed and checked."""
-    out = {}
-    for key, default in SETTING_DEFAULTS.items():
-        raw = config.get(key, default)
-        kind = _SETTING_TYPES.get(key, int)
-        try:
-            value = kind(raw)
-        except (TypeError, ValueError):
-            raise AdminError(f"CAPTIONARY_{key} must be a number, not {raw!r}") from None
-        if key != "GAN_MIN_SCORE" and value <= 0:
-            raise AdminError(f"CAPTIONARY_{key} must be positive, not {raw!r}")
-        out[key] = value
-    return out
 
 
 # -- models ---------------------------------------------------------------
@@ -126,55 +90,6 @@ def load_models(choice: ModelChoice, cache: Optional[dict] = None, judge_clip: A
     except (ValueError, KeyError) as exc:
         raise AdminError(str(exc).strip("'\"")) from exc
     return cache[clip_key], cache[vq_key]
-
-
-def models_table(directory: Optional[str] = None) -> list[dict]:
-    """One row per registered model: name, kind, size, present?, description."""
-    from engine import weights
-    rows = []
-    for name in sorted(weights.REGISTRY):
-        entry = weights.REGISTRY[name]
-        files = weights.status(name, directory)
-        known = [f.size for f in entry.files if f.size]
-        size_mb = round(sum(known) / 2**20) if len(known) == len(entry.files) else entry.approx_size_mb
-        rows.append({"name": name, "kind": entry.kind, "size_mb": size_mb,
-                     "present": all(p for _, _, p in files), "description": entry.description})
-    return rows
-
-
-def models_check(directory: Optional[str] = None) -> list[dict]:
-    """One row per file of every registered model: where it is expected and whether it is there."""
-    from engine import weights
-    rows = []
-    for name in sorted(weights.REGISTRY):
-        entry = weights.REGISTRY[name]
-        override = os.environ.get(entry.env_override) if entry.env_override else None
-        for index, (file, path, present) in enumerate(weights.status(name, directory)):
-            if index == 0 and override:
-                path, present = override, os.path.isfile(override)
-            rows.append({"name": name, "kind": entry.kind, "file": file.filename, "path": str(path),
-                         "present": present})
-    return rows
-
-
-def download_model(name: str, directory: Optional[str] = None,
-                   progress: Optional[Callable[[int, Optional[int]], None]] = None) -> list[str]:
-    """Download (or verify, if present) every file of a registered model."""
-    from engine import weights
-    if name not in weights.REGISTRY:
-        raise AdminError(f"unknown model {name!r}; known models: {', '.join(sorted(weights.REGISTRY))}")
-    target = weights.models_dir(directory)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        if not os.access(target, os.W_OK):
-            raise PermissionError(f"{target} is not writable")
-    except OSError as exc:
-        raise AdminError(f"cannot write to the models folder {target}: {exc} "
-                         f"(set CAPTIONARY_MODELS_DIR to a writable folder)") from exc
-    try:
-        return [str(p) for p in weights.download(name, directory, progress)]
-    except (weights.WeightsUnavailableError, weights.WeightsVerificationError) as exc:
-        raise AdminError(str(exc)) from exc
 
 
 # -- generation -----------------------------------------------------------
@@ -373,123 +288,7 @@ def step_fields(info: Any) -> dict:
             "score": None if score is None else float(score), "it_s": float(get("it_s", 0.0) or 0.0)}
 
 
-# -- photos ---------------------------------------------------------------
-
-def add_photos(store: Any, scorer: Any, paths: list[str], *, caption: Optional[str] = None,
-               title: Optional[str] = None, attribution: Optional[str] = None) -> list[str]:
-    """Validate every file first, then add them all; one bad file means none is added."""
-    import hashlib
-    from game import photos
-    for label, text in (("--caption", caption), ("--title", title), ("--attribution", attribution)):
-        if text is not None and (not text.strip() or len(text) > MAX_PROMPT_CHARS
-                                 or any(ord(c) < 32 for c in text)):
-            raise AdminError(f"{label} must be 1 to {MAX_PROMPT_CHARS} printable characters")
-    pngs, seen = [], {}
-    for path in paths:
-        try:
-            png = photos.read_photo(path)
-        except photos.PhotoError as exc:
-            raise AdminError(f"{path}: {exc}; nothing added") from exc
-        except OSError as exc:
-            raise AdminError(f"{path}: cannot read it ({exc.strerror or exc}); nothing added") from exc
-        sha = hashlib.sha256(png).hexdigest()
-        existing = store.find_by_sha(sha)  # active targets only: a removed photo may be added again
-        if existing:
-            raise AdminError(f"{path} is already target {existing}; nothing added")
-        if sha in seen:
-            raise AdminError(f"{path} is the same image as {seen[sha]}; nothing added")
-        seen[sha] = path
-        pngs.append(png)
-    added = []
-    try:
-        for png in pngs:
-            added.append(photos.add_photo(store, scorer, png, title=title, attribution=attribution,
-                                          reference_caption=caption))
-    except Exception:
-        for target_id in added:  # keep "all or none" even if the store fails half-way
-            store.remove_target(target_id)
-        raise
-    return added
-
-
-# -- targets and puzzles --------------------------------------------------
-
-def parse_date(text: str) -> str:
-    """A YYYY-MM-DD day as the store keys it."""
-    try:
-        return dt.date.fromisoformat(str(text)).isoformat()
-    except (TypeError, ValueError):
-        raise AdminError(f"{text!r} is not a date; use YYYY-MM-DD (UTC)") from None
-
-
-def store_today(store: Any) -> str:
-    """Today's puzzle day by the store's clock (UTC)."""
-    return store.today()
-
-
-def get_target_or_fail(store: Any, target_id: str):
-    target = store.get_target(target_id)
-    if target is None:
-        raise AdminError(f"no target with id {target_id!r} (see `flask --app game targets list`)")
-    return target
-
-
-def describe_target(store: Any, target_id: str) -> list[tuple[str, str]]:
-    """(label, value) rows for `targets show`."""
-    t = get_target_or_fail(store, target_id)
-    rows = [("id", t.id), ("kind", t.kind), ("status", f"{t.status} (for {store.model_id})"),
-            ("created", dt.datetime.fromtimestamp(t.created, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))]
-    if t.kind == "gan":
-        rows += [("prompt", t.prompt or "-"), ("self-score", fmt_score(t.self_score)), ("seed", str(t.seed))]
-    for label, value in (("title", t.title), ("attribution", t.attribution),
-                         ("reference caption", t.reference_caption)):
-        if value:
-            rows.append((label, value))
-    if t.hint_word:
-        rows.append(("hint", f"{t.hint_word} ({fmt_score(t.hint_score)})"))
-    for key, value in sorted((t.settings or {}).items()):
-        rows.append((f"  {key}", str(value)))
-    if t.history:
-        points = ", ".join(f"{i}:{s:.3f}" for i, s in t.history[:12])
-        rows.append(("score history", points + (" ..." if len(t.history) > 12 else "")))
-    used = [d for d in store.days() if any(p.target_id == t.id for p in store.puzzles_for(d))]
-    rows.append(("puzzle days", ", ".join(used) or "none yet"))
-    rows.append(("image", f"{len(store.target_image(t.id))} bytes PNG, sha256 {t.sha256[:16]}"))
-    return rows
-
-
-def remove_target(store: Any, target_id: str) -> list[str]:
-    """Take a target out of the pool; returns future days that will be chosen again."""
-    get_target_or_fail(store, target_id)
-    return store.remove_target(target_id)
-
-
-def schedule(store: Any, date_text: str, target_ids: Iterable[str]) -> list:
-    """Schedule targets as a day's puzzles; refuses past dates and unknown or unready targets."""
-    day = parse_date(date_text)
-    if day < store.today():
-        raise AdminError(f"{day} is in the past (today is {store.today()} UTC); past days never change")
-    ids = list(target_ids)
-    for target_id in ids:
-        target = get_target_or_fail(store, target_id)
-        if target.status != "ready":
-            raise AdminError(f"target {target_id} is {target.status}, not ready for {store.model_id}")
-    try:
-        return store.schedule(day, ids)
-    except ValueError as exc:
-        raise AdminError(str(exc)) from exc
-
-
-def puzzle_rows(store: Any, day: str) -> list[list]:
-    """Rows for `puzzles show`: puzzle id, target, kind, self-score, prompt or title, state."""
-    rows = []
-    for puzzle in store.preview_day(day):
-        t = store.get_target(puzzle.target_id)
-        label = (t.prompt if t and t.kind == "gan" else None) or puzzle.title or (t.title if t else None) or ""
-        rows.append([puzzle.id, puzzle.target_id, puzzle.kind, fmt_score(t.self_score if t else None),
-                     label, "frozen" if puzzle.frozen else "preview"])
-    return rows
-
+# -- the pool -------------------------------------------------------------
 
 def used_target_ids(store: Any, through: str) -> set[str]:
     """Targets shown on any frozen day up to and including `through`."""
@@ -522,7 +321,3 @@ def check_model_names(choice: ModelChoice) -> None:
             or getattr(weights.REGISTRY.get(choice.vqgan_model), "kind", None) == "vqgan"):
         known = ", ".join(sorted(vqgan.SHIPPED_CONFIGS))
         raise AdminError(f"unknown VQGAN model {choice.vqgan_model!r}; known: {known}")
-
-
-def fmt_score(value: Optional[float]) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"

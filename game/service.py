@@ -1,6 +1,6 @@
-"""The game protocol as plain functions: parse a message, run the action, build the reply.
+"""The game service: the protocol as plain functions (parse a message, run the action, build the reply).
 
-The websocket handler (game/ws.py) and the HTTP JSON endpoints (game/api.py)
+The websocket handler (game/web/ws.py) and the HTTP JSON endpoints (game/web/api.py)
 are thin shells over `Game` and `parse_message`, so every rule lives here and
 is testable without sockets. Messages are JSON objects with a `type`:
 

@@ -22,11 +22,11 @@ In production the session cookie is also `Secure` (CAPTIONARY_COOKIE_SECURE=fals
 that off for a deployment that really serves plain HTTP, e.g. behind a VPN).
 
 `origin_allowed(request)` is the one Origin check, used by the websocket handshake
-(game/ws.py) and the JSON POSTs (game/api.py): the page's own host, plus the origins
+(game/web/ws.py) and the JSON POSTs (game/web/api.py): the page's own host, plus the origins
 in CAPTIONARY_ALLOWED_ORIGINS. (It used to be written twice, and the POST copy ignored
 the setting.)
 
-`FrameBudget` is the websocket flood guard game/ws.py applies per connection
+`FrameBudget` is the websocket flood guard game/web/ws.py applies per connection
 (CAPTIONARY_FRAME_RATE frames/s, bursts of CAPTIONARY_FRAME_BURST; 60 and 120 by default).
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ HEADERS = {
 
 
 def _headers(response):
-    # Set (not setdefault) the CSP: views.py's older fixed policy runs after this one and
+    # Set (not setdefault) the CSP: pages.py's older fixed policy runs after this one and
     # uses setdefault, and this one must also name the nonce when a template used it.
     if "Content-Security-Policy" not in response.headers or g.get("csp_nonce"):
         response.headers["Content-Security-Policy"] = content_security_policy(g.get("csp_nonce"))

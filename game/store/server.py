@@ -135,7 +135,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def _config_text(instance: str, sock: str, maxmemory: str) -> str:
     return "\n".join([
-        "# Written by game/redis_server.py; regenerated at every start.",
+        "# Written by game/store/server.py; regenerated at every start.",
         "daemonize yes",  # the server outlives the process that starts it
         f"pidfile {os.path.join(instance, PID_NAME)}",
         f"logfile {os.path.join(instance, LOG_NAME)}",

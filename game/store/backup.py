@@ -34,7 +34,7 @@ from pathlib import Path
 
 import redis
 
-from game.admin import AdminError
+from game.errors import AdminError
 
 PREFIX = "cap:"
 SKIP_PREFIXES = ("cap:rl:", "cap:lock:")  # rate-limit buckets and locks are ephemeral
@@ -223,7 +223,7 @@ def _check_record(record) -> None:
         raise ValueError(f"unknown type {kind!r}")
     # A target the store could not read back would break the pool and every page showing it.
     if record["key"].startswith("cap:target:") and record["key"].count(":") == 2:
-        from game.store_targets import KINDS
+        from game.store.targets import KINDS
         if kind != "hash" or not isinstance(value, dict) or value.get("kind") not in KINDS:
             raise ValueError(f"a target must be a hash whose kind is one of {', '.join(KINDS)}, "
                              f"not a {kind} with kind {value.get('kind') if isinstance(value, dict) else None!r}")

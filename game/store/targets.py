@@ -6,7 +6,7 @@ pool ("ready") once it has that model's embedding. A puzzle day stores a
 *snapshot* of what each puzzle showed (kind, title, prompt, self-score, hint),
 frozen with SET NX so all processes agree and so removing a target later never
 changes a past day's puzzles, boards or reveal (its image is kept, too).
-See game/store.py for the full key layout.
+See game/store/__init__.py for the full key layout.
 """
 from __future__ import annotations
 

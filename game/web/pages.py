@@ -15,9 +15,10 @@ from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redi
                    request, session, url_for)
 from werkzeug.exceptions import InternalServerError
 
-from game import connlimits, players
+from game import players
 from game import puzzles as pz
-from game.protocol import ProtocolError, board_entry, error, public_id
+from game.service import ProtocolError, board_entry, error, public_id
+from game.web import connlimits
 
 bp = Blueprint("views", __name__)
 _TARGET_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -56,7 +57,7 @@ def _assign_player():
     if request.blueprint in ("ws", "ops") or request.endpoint in (None, "static"):
         return None
     if not players.is_valid_player_id(session.get("player")):
-        # New identities per address are rate-limited (game/connlimits.py): each has its own
+        # New identities per address are rate-limited (game/web/connlimits.py): each has its own
         # draft, submission and cap budgets, so a client dropping its cookie would reset them.
         if not connlimits.may_mint_player(current_app, connlimits.client_address(request)):
             connlimits.count_refusal(current_app, "new_player", "too_many_new_players")
@@ -298,7 +299,7 @@ def _storage_full(exc):
 
     Any other error reply from Redis is a bug: logged with its traceback, shown as a 500.
     """
-    from game.redis_server import is_out_of_memory
+    from game.store.server import is_out_of_memory
     if not is_out_of_memory(exc):
         current_app.logger.error("redis error during %s %s", request.method, request.path, exc_info=exc)
         return _error_page(InternalServerError())
@@ -317,6 +318,6 @@ def init_app(app) -> None:
     app.register_error_handler(redis.exceptions.ConnectionError, _database_unavailable)
     app.register_error_handler(redis.exceptions.TimeoutError, _database_unavailable)
     app.register_error_handler(redis.exceptions.ResponseError, _storage_full)
-    # Security headers (CSP, nosniff, framing) come from game/security.py for every response.
+    # Security headers (CSP, nosniff, framing) come from game/web/security.py for every response.
     for code in (400, 404, 405, 413, 500):
         app.register_error_handler(code, _error_page)

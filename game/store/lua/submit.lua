@@ -1,4 +1,4 @@
--- Records one ranked submission atomically (see game/store.py for the key layout).
+-- Records one ranked submission atomically (see game/store/__init__.py for the key layout).
 -- KEYS: 1 count hash, 2 best hash, 3 puzzle board zset, 4 day seq counter,
 --       5 day totals hash, 6 day board zset, 7 day log stream, 8 player's attempts list
 -- ARGV: 1 player id, 2 q (score in micro-units, integer), 3 score (exact text),

@@ -1,4 +1,4 @@
-"""The websocket endpoint (/ws, flask-sock): parse, call `game.protocol`, send JSON. Thin on purpose.
+"""The websocket endpoint (/ws, flask-sock): parse, call `game.service`, send JSON. Thin on purpose.
 
 Per connection: the player id comes from the same signed session cookie as
 the pages (no cookie -> 401 before the upgrade); the handshake's Origin must
@@ -26,10 +26,10 @@ from flask import Blueprint, current_app, g, jsonify, request, session
 from flask_sock import Sock
 from wsproto.events import TextMessage
 
-from game.connlimits import RENEW_S, TooManyConnections, client_address, count_refusal
-from game.protocol import ProtocolError, error, parse_message
-from game.redis_server import is_out_of_memory
-from game.security import FrameBudget, origin_allowed
+from game.service import ProtocolError, error, parse_message
+from game.store.server import is_out_of_memory
+from game.web.connlimits import RENEW_S, TooManyConnections, client_address, count_refusal
+from game.web.security import FrameBudget, origin_allowed
 
 log = logging.getLogger("captionary.ws")
 bp = Blueprint("ws", __name__)
@@ -53,7 +53,7 @@ class Connection:
     timeout (SO_SNDTIMEO on the raw socket). A client that does not read (outbox full, or a
     write timed out) is abandoned: its socket is shut down, the handler ends and frees its
     slot, and everybody else's pushes go on. The sender also renews the socket's lease
-    under the connection caps (game/connlimits.py) while it lives.
+    under the connection caps (game/web/connlimits.py) while it lives.
     """
 
     def __init__(self, ws, player_id: str, *, outbox: int = 64, send_timeout: float = 10.0,
@@ -288,7 +288,7 @@ def _check_handshake():
         return jsonify(error("bad_origin", "websocket connections from other sites are refused")), 403
     if not session.get("player"):
         return jsonify(error("no_session", "open the game page first (it sets your player cookie)")), 401
-    # The caps (game/connlimits.py) are checked here, before the socket is accepted: a refusal is
+    # The caps (game/web/connlimits.py) are checked here, before the socket is accepted: a refusal is
     # a plain HTTP 429 that costs no thread beyond this request. The slot is released in
     # _release_slot, which runs when the request ends (the whole socket's life, with flask-sock).
     limits = current_app.extensions["conn_limits"]
@@ -319,7 +319,7 @@ def websocket(ws):
                       send_timeout=app.config["WS_SEND_TIMEOUT_S"],
                       renew=(lambda: limits.renew(slot)) if slot is not None else None, renew_every=RENEW_S)
     conn.start()
-    # game/ops.py (graceful SIGTERM): tracks open sockets; while draining, each is closed with
+    # game/web/ops.py (graceful SIGTERM): tracks open sockets; while draining, each is closed with
     # 1012 once its current batch is answered, so in-flight drafts and submissions finish.
     drain = app.extensions.get("drain")
     budget = FrameBudget(app.config.get("FRAME_RATE", 60.0), app.config.get("FRAME_BURST", 120.0))
@@ -334,7 +334,7 @@ def websocket(ws):
             # Whatever else already arrived is handled together: a newer draft overtakes older ones.
             while len(batch) < MAX_BATCH and (more := ws.receive(timeout=0)) is not None:
                 batch.append(more)
-            # Flood guard (game/security.py FrameBudget): frames over the per-connection budget are
+            # Flood guard (game/web/security.py FrameBudget): frames over the per-connection budget are
             # dropped before parsing, with one slow_down notice per batch instead of a reply each.
             batch, dropped = budget.admit(batch)
             if dropped and not conn.send(error("slow_down", f"slow down: {dropped} message(s) ignored")):

@@ -7,15 +7,21 @@ starts anyway in demo mode on the tiny random `test-tiny` model, and says so
 loudly (log line here, banner on every page, /api/status). Production refuses
 both: it never serves random-weight scores. Boards and embeddings are keyed by
 `model_id`, so demo data never mixes with real data.
+
+Which weights are on this machine, and fetching them (`models_table`,
+`model_files`, `download_model`: the `flask models` commands, which also run
+without the app through `python -m game.cli models`), live here too.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from game.config import ConfigError
+from game.errors import AdminError
 
 log = logging.getLogger("captionary.models")
 
@@ -88,3 +94,54 @@ def _load(config: dict) -> Judge:
     log.info("judge: %s", clip.describe())
     return Judge(scorer=scorer, model_id=clip.model_id, is_pretrained=clip.is_pretrained,
                  demo_mode=not clip.is_pretrained, demo_reason=reason)
+
+
+# -- weights on this machine (`flask models list|check|download`) -----------------
+
+def models_table(directory: Optional[str] = None) -> list[dict]:
+    """One row per registered model: name, kind, size, present?, description."""
+    from engine import weights
+    rows = []
+    for name in sorted(weights.REGISTRY):
+        entry = weights.REGISTRY[name]
+        files = weights.status(name, directory)
+        known = [f.size for f in entry.files if f.size]
+        size_mb = round(sum(known) / 2**20) if len(known) == len(entry.files) else entry.approx_size_mb
+        rows.append({"name": name, "kind": entry.kind, "size_mb": size_mb,
+                     "present": all(p for _, _, p in files), "description": entry.description})
+    return rows
+
+
+def model_files(directory: Optional[str] = None) -> list[dict]:
+    """One row per file of every registered model: where it is expected and whether it is there."""
+    from engine import weights
+    rows = []
+    for name in sorted(weights.REGISTRY):
+        entry = weights.REGISTRY[name]
+        override = os.environ.get(entry.env_override) if entry.env_override else None
+        for index, (file, path, present) in enumerate(weights.status(name, directory)):
+            if index == 0 and override:
+                path, present = override, os.path.isfile(override)
+            rows.append({"name": name, "kind": entry.kind, "file": file.filename, "path": str(path),
+                         "present": present})
+    return rows
+
+
+def download_model(name: str, directory: Optional[str] = None,
+                   progress: Optional[Callable[[int, Optional[int]], None]] = None) -> list[str]:
+    """Download (or verify, if present) every file of a registered model."""
+    from engine import weights
+    if name not in weights.REGISTRY:
+        raise AdminError(f"unknown model {name!r}; known models: {', '.join(sorted(weights.REGISTRY))}")
+    target = weights.models_dir(directory)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if not os.access(target, os.W_OK):
+            raise PermissionError(f"{target} is not writable")
+    except OSError as exc:
+        raise AdminError(f"cannot write to the models folder {target}: {exc} "
+                         f"(set CAPTIONARY_MODELS_DIR to a writable folder)") from exc
+    try:
+        return [str(p) for p in weights.download(name, directory, progress)]
+    except (weights.WeightsUnavailableError, weights.WeightsVerificationError) as exc:
+        raise AdminError(str(exc)) from exc

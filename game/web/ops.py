@@ -25,7 +25,7 @@ reply is sent, so nothing in flight is cut. The page (static/live.js) reconnects
 close with a jittered backoff and lands on another web process.
 
 Counting drafts and submissions wraps the process's `Game` instance methods (not the
-module), so protocol.py stays free of metrics code and every entry point (websocket
+module), so game/service.py stays free of metrics code and every entry point (websocket
 and HTTP) is counted the same way.
 """
 from __future__ import annotations
@@ -85,8 +85,8 @@ class RedisCollector:
         up = GaugeMetricFamily("captionary_redis_up", "1 when Redis answered this scrape")
         try:
             client, store = ext["redis"], ext["store"]
-            from game.jobs import JobQueue
-            from game.worker import live_workers
+            from game.generation.jobs import JobQueue
+            from game.generation.heartbeats import live_workers
             depth = JobQueue(client).pending_count()
             pool = store.pool()
             workers = live_workers(client)
@@ -144,7 +144,7 @@ def _generation_rates(client, workers: list[dict]) -> dict[str, float]:
 
 def instrument_game(game, metrics: Metrics) -> None:
     """Count and time the process's Game actions (instance attributes shadow the class methods)."""
-    from game.protocol import ProtocolError
+    from game.service import ProtocolError
 
     def wrap(name, on_ok):
         original = getattr(game, name)
@@ -242,7 +242,7 @@ class Drain:
 
     @staticmethod
     def _close(conn) -> None:
-        if hasattr(conn, "close"):  # game/ws.py Connection: queued behind the replies already answered
+        if hasattr(conn, "close"):  # game/web/ws.py Connection: queued behind the replies already answered
             conn.close(CLOSE_SERVICE_RESTART, "server restarting, reconnect")
             return
         ws = conn.ws
@@ -363,7 +363,7 @@ def readiness(app) -> tuple[bool, dict]:
                        "demo_mode": bool(getattr(judge, "demo_mode", False))}
     required = bool(app.config.get("READY_REQUIRES_WORKERS"))
     if checks["redis"]["ok"]:
-        from game.worker import live_workers
+        from game.generation.heartbeats import live_workers
         try:
             workers = live_workers(ext["redis"])
             checks["workers"] = {"ok": bool(workers) or not required, "alive": len(workers), "required": required}

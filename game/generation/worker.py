@@ -1,9 +1,9 @@
-"""The background generator worker: `python -m game.worker` (the Procfile's `worker:`).
+"""The background generator worker: `python -m game.generation.worker` (the Procfile's `worker:`).
 
 A long-lived process that loads its CLIP and VQGAN once and keeps them (no
 fork per job: CUDA state does not survive a fork, and loading costs seconds),
 then loops:
-  1. claim a job from the queue (game/jobs.py) -- first any job a dead worker
+  1. claim a job from the queue (game/generation/jobs.py) -- first any job a dead worker
      left behind past the visibility timeout, else a new one -- generate it,
      commit the target idempotently, acknowledge;
   2. when there is no job, top the pool up: if fewer than POOL_TARGET fresh GAN
@@ -17,8 +17,9 @@ Top-ups go through the queue too, so they get the same retry-after-kill
 guarantees and several workers never generate the same thing twice. Redis
 outages are waited out with backoff; SIGTERM hands a running job back at once.
 
-Each worker keeps a heartbeat hash `captionary:workers:{name}` (expires after
-HEARTBEAT_TTL_S) with its state and current job; `live_workers()` reads them.
+Each worker keeps a heartbeat (game/generation/heartbeats.py) with its state
+and current job. The process builds its settings, judge and store itself
+(game.config, game.judge, game.store), not through the web app's factory.
 """
 from __future__ import annotations
 
@@ -36,14 +37,16 @@ from typing import Callable, Optional
 
 import redis
 
-from game import admin
-from game.jobs import JobQueue, default_consumer_name
+from game.config import generation_settings
+from game.errors import AdminError
+from game.generation import heartbeats
+from game.generation.jobs import JobQueue, default_consumer_name
+from game.generation.service import (TINY, ModelChoice, find_job_target, generate_target, job_payload, load_models,
+                                     model_choice, pool_shortfall, step_fields, validate_prompt)
 
 log = logging.getLogger("captionary.worker")
 
-PROMPTS_FILE = Path(__file__).resolve().parent.parent / "assets" / "prompts.txt"
-WORKERS_SET = "captionary:workers"
-HEARTBEAT_TTL_S = 60
+PROMPTS_FILE = Path(__file__).resolve().parents[2] / "assets" / "prompts.txt"
 TOUCH_EVERY_S = 1.0  # heartbeat + queue touch at most this often during a job
 TOPUP_LOCK = "captionary:jobs:topup-lock"
 TOPUP_PATIENCE = 5  # rejections in a row before top-ups pause
@@ -76,7 +79,7 @@ def load_prompts(path: Path | str = PROMPTS_FILE) -> list[str]:
                 continue
             if any(c in line for c in "|^:"):
                 raise ValueError(f"{path}:{number}: prompt syntax characters (| ^ :) in a curated prompt")
-            prompts.append(admin.validate_prompt(line))
+            prompts.append(validate_prompt(line))
     return prompts
 
 
@@ -94,31 +97,17 @@ def pick_prompt(rng: random.Random, curated: list[str], avoid: set[str], curated
     return rng.choice(curated or combined_prompts())  # everything used: repeats are fine, seeds differ
 
 
-def live_workers(client) -> list[dict]:
-    """Heartbeats of the workers alive now (expired ones are dropped from the set)."""
-    out = []
-    for raw in sorted(client.smembers(WORKERS_SET)):
-        name = raw.decode() if isinstance(raw, bytes) else raw
-        data = client.hgetall(f"{WORKERS_SET}:{name}")
-        if not data:
-            client.srem(WORKERS_SET, name)
-            continue
-        out.append({(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                    for k, v in data.items()})
-    return out
-
-
 class Worker:
     """One worker process: models loaded once, a queue consumer, a pool keeper."""
 
     def __init__(self, *, redis, store, scorer, config: dict, name: Optional[str] = None,
-                 prompts_path: Path | str = PROMPTS_FILE, generate_fn: Callable = admin.generate_target,
+                 prompts_path: Path | str = PROMPTS_FILE, generate_fn: Callable = generate_target,
                  rng: Optional[random.Random] = None, top_up: bool = True):
         self.r = redis
         self.store = store
         self.scorer = scorer
         self.config = config
-        self.cfg = admin.settings(config)
+        self.cfg = generation_settings(config)
         self.name = name or default_consumer_name()
         self.queue = JobQueue(redis, max_attempts=self.cfg["JOB_MAX_ATTEMPTS"],
                               visibility_s=self.cfg["JOB_VISIBILITY_S"])
@@ -127,7 +116,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.top_up_enabled = top_up
         self.models: dict = {}  # loaded once, kept for the life of the process
-        self.default_choice: Optional[admin.ModelChoice] = None  # set by prepare()
+        self.default_choice: Optional[ModelChoice] = None  # set by prepare()
         self.stop = threading.Event()
         self.rejected_in_a_row = 0  # top-up images below the threshold since the last accepted one
         self.topup_not_before = 0.0  # monotonic time; top-ups pause after rejections (see _after_rejection)
@@ -139,50 +128,44 @@ class Worker:
         ext = app.extensions
         return cls(redis=ext["redis"], store=ext["store"], scorer=ext["scorer"], config=app.config, **kwargs)
 
-    def prepare(self) -> admin.ModelChoice:
+    def prepare(self) -> ModelChoice:
         """Load the configured CLIP and VQGAN now (once), so a missing file is reported at start.
 
         In development, when the configured weights are not here, the worker
         falls back to the tiny random models, as the web app's demo mode does
         (and says so); in production it refuses to start.
         """
-        choice = admin.model_choice(self.config)
+        choice = model_choice(self.config)
         try:
-            admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
-        except admin.AdminError as exc:
+            load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
+        except AdminError as exc:
             if self.config.get("ENV") == "production" or not self.config.get("DEMO_FALLBACK", True):
                 raise
             log.warning("DEMO MODE: generation models unavailable, using the random test-tiny models "
                         "(images and scores are not real):\n%s", exc)
-            choice = admin.ModelChoice(admin.TINY, "random", admin.TINY, choice.device, choice.models_dir)
-            admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
+            choice = ModelChoice(TINY, "random", TINY, choice.device, choice.models_dir)
+            load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
         self.default_choice = choice
         return choice
 
-    def _choice_for(self, payload: dict) -> admin.ModelChoice:
+    def _choice_for(self, payload: dict) -> ModelChoice:
         if not any(payload.get(k) for k in ("clip_model", "clip_pretrained", "vqgan_model")):
             return self.default_choice or self.prepare()
-        return admin.model_choice(self.config, payload.get("clip_model"), payload.get("clip_pretrained"),
+        return model_choice(self.config, payload.get("clip_model"), payload.get("clip_pretrained"),
                                   payload.get("vqgan_model"))
 
     # -- heartbeat --------------------------------------------------------
     def heartbeat(self, state: str, job=None, progress: str = "") -> None:
-        key = f"{WORKERS_SET}:{self.name}"
-        pipe = self.r.pipeline(transaction=True)
-        pipe.sadd(WORKERS_SET, self.name)
-        pipe.hset(key, mapping={"name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-                                "state": state, "job": job.id if job else "", "progress": progress,
-                                "processed": self.processed, "started": self.started, "updated": time.time(),
-                                "model_id": self.store.model_id})
-        pipe.expire(key, HEARTBEAT_TTL_S)
-        pipe.execute()
+        heartbeats.beat(self.r, self.name, {
+            "name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "state": state,
+            "job": job.id if job else "", "progress": progress, "processed": self.processed,
+            "started": self.started, "updated": time.time(), "model_id": self.store.model_id})
 
     def _forget_heartbeat(self) -> None:
-        self.r.delete(f"{WORKERS_SET}:{self.name}")
-        self.r.srem(WORKERS_SET, self.name)
+        heartbeats.forget(self.r, self.name)
         # Each process is a new consumer name; drop ours from the group when it holds nothing
         # (deleting a consumer with pending entries would orphan them, so never then).
-        from game.jobs import GROUP, STREAM
+        from game.generation.jobs import GROUP, STREAM
         try:
             if not self.r.xpending_range(STREAM, GROUP, "-", "+", 1, consumername=self.name):
                 self.r.xgroup_delconsumer(STREAM, GROUP, self.name)
@@ -202,7 +185,7 @@ class Worker:
         payload = job.payload
         log.info("job %s (attempt %d/%d): %r", job.id, job.attempts, self.queue.max_attempts, payload.get("prompt"))
         self.heartbeat("working", job, "loading")
-        existing = admin.find_job_target(self.store, job.id, self.scorer)
+        existing = find_job_target(self.store, job.id, self.scorer)
         if existing:  # an earlier attempt committed before dying: just acknowledge
             self.queue.commit(job, lambda: existing, lambda: existing)
             log.info("job %s: already committed as target %s by an earlier attempt", job.id, existing)
@@ -216,7 +199,7 @@ class Worker:
             if now - last["t"] < TOUCH_EVERY_S:
                 return
             last["t"] = now
-            fields = admin.step_fields(info)
+            fields = step_fields(info)
             progress = f"{fields['iteration']}/{fields['total'] or payload.get('iterations')}"
             if not self.queue.touch(job, self.name):
                 raise LostJob(f"job {job.id} was taken over by {self.queue.owner(job)}")
@@ -225,12 +208,12 @@ class Worker:
 
         try:
             choice = self._choice_for(payload)
-            clip, vqgan = admin.load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
+            clip, vqgan = load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
             min_score = payload.get("min_score")
             seeded = self.generate_fn(
                 self.store, self.scorer, clip, vqgan, payload, self.cfg, on_step=on_step, min_score=min_score,
                 job_id=job.id,
-                commit=lambda write: self.queue.commit(job, lambda: admin.find_job_target(self.store, job.id,
+                commit=lambda write: self.queue.commit(job, lambda: find_job_target(self.store, job.id,
                                                                                           self.scorer), write))
         except LostJob as exc:
             log.warning("%s; leaving it to that worker", exc)
@@ -290,13 +273,13 @@ class Worker:
             return None
         try:
             in_flight = self.in_flight_topups()
-            short = admin.pool_shortfall(self.store, self.cfg, in_flight=len(in_flight))
+            short = pool_shortfall(self.store, self.cfg, in_flight=len(in_flight))
             if short <= 0:
                 return None
             avoid = {t.prompt for t in self.store.list_targets(kind="gan") if t.prompt}
             avoid |= {j.payload.get("prompt") for j in in_flight}
             prompt = pick_prompt(self.rng, self.prompts, avoid)
-            payload = admin.job_payload(prompt, size=self.cfg["GEN_SIZE"], iterations=self.cfg["GEN_ITERATIONS"],
+            payload = job_payload(prompt, size=self.cfg["GEN_SIZE"], iterations=self.cfg["GEN_ITERATIONS"],
                                         seeds=self.cfg["GEN_SEEDS"], keep=self.cfg["GEN_KEEP"],
                                         seed=self.rng.randrange(2**31), min_score=self.cfg["GAN_MIN_SCORE"],
                                         source="topup")
@@ -351,15 +334,15 @@ class Worker:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m game.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m game.generation.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--name", help="consumer name (default host:pid:random)")
     parser.add_argument("--once", action="store_true", help="drain the queue, top up once, then exit")
     parser.add_argument("--no-top-up", action="store_true", help="only consume queued jobs")
     parser.add_argument("--generate", metavar="MODULE:FUNCTION",
-                        help="a generation function with game.admin.generate_target's signature "
-                             "(experiments, tests); default: game.admin:generate_target")
+                        help="a generation function with game.generation.service.generate_target's signature "
+                             "(experiments, tests); default: game.generation.service:generate_target")
     args = parser.parse_args(argv)
-    generate_fn = admin.generate_target
+    generate_fn = generate_target
     if args.generate:
         import importlib
         module, _, name = args.generate.partition(":")
@@ -368,25 +351,37 @@ def main(argv: Optional[list[str]] = None) -> int:
         except (ImportError, AttributeError, ValueError) as exc:
             print(f"worker cannot start: --generate {args.generate}: {exc}", file=sys.stderr)
             return 1
-    from game import create_app
+    # The worker builds what it needs itself, from the same settings the web app reads
+    # (game.config.from_environment), and never imports the app factory or the web layer.
+    from game import config as cfg
+    from game import photos
     from game.config import ConfigError
+    from game.judge import load_judge
+    from game.store import Store, server
     try:
-        app = create_app()
+        config, instance = cfg.from_environment()
+        os.makedirs(instance, exist_ok=True)
+        cfg.configure_logging()
+        judge = load_judge(config)
+        client = server.connect(instance, config.get("REDIS_URL"))
+        store = Store.from_config(client, judge.model_id, config)
     except (ConfigError, redis.RedisError) as exc:
         print(f"worker cannot start: {exc}", file=sys.stderr)
         return 1
-    with app.app_context():
-        try:
-            worker = Worker.from_app(app, name=args.name, top_up=not args.no_top_up, generate_fn=generate_fn)
-            # SIGTERM (Procfile managers, systemd) stops at the next step; the job goes back to the queue.
-            signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
-            worker.prepare()
-            worker.run(once=args.once)
-        except admin.AdminError as exc:
-            print(f"worker cannot start: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            pass
+    if config["IMPORT_STARTER_PHOTOS"]:
+        photos.import_on_first_start(store, judge.scorer, log)
+    try:
+        worker = Worker(redis=client, store=store, scorer=judge.scorer, config=config, name=args.name,
+                        top_up=not args.no_top_up, generate_fn=generate_fn)
+        # SIGTERM (Procfile managers, systemd) stops at the next step; the job goes back to the queue.
+        signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+        worker.prepare()
+        worker.run(once=args.once)
+    except AdminError as exc:
+        print(f"worker cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -13,7 +13,7 @@
 
 Slots are counted in Redis, not per process, so the caps hold across every web process: a
 sorted set per player and per address, member = connection id, score = lease expiry. A
-socket renews its lease every RENEW_S (game/ws.py's sender thread) and releases it on close;
+socket renews its lease every RENEW_S (game/web/ws.py's sender thread) and releases it on close;
 a process that dies without releasing leaves slots that expire after LEASE_S, never forever.
 A limit of 0 turns that cap off.
 """

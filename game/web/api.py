@@ -23,9 +23,9 @@ import json
 from flask import Blueprint, current_app, jsonify, request
 
 from game import puzzles as pz
-from game.protocol import ProtocolError, board_entry, public_id, validate_message
-from game.security import origin_allowed
-from game.views import current_player
+from game.service import ProtocolError, board_entry, public_id, validate_message
+from game.web.pages import current_player
+from game.web.security import origin_allowed
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -47,7 +47,7 @@ def _reply(message: dict):
 
 def _action(kind: str) -> dict:
     """Parse the JSON body as a `kind` message (same validation as a websocket frame)."""
-    if not origin_allowed(request):  # the websocket's check too (game/security.py): one rule
+    if not origin_allowed(request):  # the websocket's check too (game/web/security.py): one rule
         raise ProtocolError("bad_origin", "requests from other sites are refused")
     if not request.is_json:
         raise ProtocolError("bad_json", "send a JSON body with Content-Type: application/json")

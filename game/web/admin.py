@@ -192,11 +192,12 @@ def history_svg(history, width: int = 240, height: int = 90, threshold: Optional
 
 
 def _cfg() -> dict:
-    from game import admin
+    from game.config import GENERATION_DEFAULTS, generation_settings
+    from game.errors import AdminError
     try:
-        return admin.settings(current_app.config)
-    except admin.AdminError:
-        return dict(admin.SETTING_DEFAULTS)
+        return generation_settings(current_app.config)
+    except AdminError:
+        return dict(GENERATION_DEFAULTS)
 
 
 @bp.get("/")
@@ -235,8 +236,8 @@ def image(target_id: str):
 
 @bp.get("/jobs")
 def jobs():
-    from game.jobs import STATUSES, JobQueue
-    from game.worker import live_workers
+    from game.generation.jobs import STATUSES, JobQueue
+    from game.generation.heartbeats import live_workers
     client = current_app.extensions["redis"]
     queue = JobQueue(client)
     status = request.args.get("status") or None

@@ -45,7 +45,7 @@ import redis
 
 from game import players as players_mod
 from game import puzzles as pz
-from game.store_targets import TargetsMixin, Target, Puzzle  # noqa: F401  (re-exported)
+from game.store.targets import TargetsMixin, Target, Puzzle  # noqa: F401  (re-exported)
 
 _LUA_DIR = Path(__file__).with_name("lua")
 Q_SCALE = 1_000_000  # scores are ranked in micro-units: differences below 1e-6 are ties
@@ -151,6 +151,14 @@ class RedisClock:
 
 class Store(TargetsMixin):
     """All Captionary state for one CLIP model, in Redis. Cheap to construct; thread-safe."""
+
+    @classmethod
+    def from_config(cls, redis_client: redis.Redis, model_id: str, config: dict) -> "Store":
+        """The store with a finished config's limits (the app factory's and the worker's)."""
+        # CLOCK (tests only): a callable returning unix seconds, so tests can pin the puzzle day.
+        return cls(redis_client, model_id, puzzles_per_day=config["PUZZLES_PER_DAY"],
+                   max_submissions=config["MAX_SUBMISSIONS"], max_caption_chars=config["MAX_CAPTION_CHARS"],
+                   clock=config.get("CLOCK"))
 
     def __init__(self, redis_client: redis.Redis, model_id: str, *, puzzles_per_day: int = 3,
                  max_submissions: int = 10, max_caption_chars: int = 200,

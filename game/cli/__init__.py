@@ -1,11 +1,13 @@
 """Admin commands: `flask --app game targets|models|puzzles|players|worker ...`.
 
-Thin click commands over the plain functions in game/admin.py (and
-game/backup.py for export/import); a command parses, calls, prints. Every
-error an admin can fix is an `AdminError`, shown in red on stderr with exit
-code 1, after which nothing has been half-done. `init_app(app)` registers the
-groups and the read-only admin page. `python -m game.cli models ...` works
-without building the app (e.g. to download weights before production starts).
+Thin click commands over plain functions: the generation service
+(game/generation/service.py), photos (game/photos.py), model weights
+(game/judge.py), the pool and puzzle days (game/cli/pool.py) and backups
+(game/store/backup.py); a command parses, calls, prints. Every error an admin
+can fix is an `AdminError`, shown in red on stderr with exit code 1, after
+which nothing has been half-done. `init_app(app)` registers the groups.
+`python -m game.cli models ...` works without building the app (e.g. to
+download weights before production starts).
 """
 from __future__ import annotations
 
@@ -18,8 +20,13 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from game import admin
-from game.admin import AdminError
+from game.cli.pool import (describe_target, fmt_score, get_target_or_fail, parse_date, puzzle_rows, remove_target,
+                           schedule, store_today)
+from game.config import GENERATION_DEFAULTS, generation_settings
+from game.errors import AdminError
+from game.generation.service import (check_model_names, generate_target, job_payload, load_models, model_choice,
+                                     step_fields)
+from game.judge import download_model, model_files, models_table
 
 
 class CommandError(click.ClickException):
@@ -46,11 +53,11 @@ def _ext(name: str):
 
 
 def _settings() -> dict:
-    return admin.settings(current_app.config)
+    return generation_settings(current_app.config)
 
 
 def _queue():
-    from game.jobs import JobQueue
+    from game.generation.jobs import JobQueue
     cfg = _settings()
     return JobQueue(_ext("redis"), max_attempts=cfg["JOB_MAX_ATTEMPTS"], visibility_s=cfg["JOB_VISIBILITY_S"])
 
@@ -74,7 +81,7 @@ def _short(text: Optional[str], width: int = 48) -> str:
 
 # -- targets --------------------------------------------------------------
 
-_D = admin.SETTING_DEFAULTS
+_D = GENERATION_DEFAULTS
 
 targets = AppGroup("targets", help="Seed, add, list, schedule, export and import puzzle targets.")
 
@@ -94,7 +101,7 @@ def _progress_printer(iterations: int):
                             show_percent=True)
 
     def on_step(info) -> None:
-        fields = admin.step_fields(info)
+        fields = step_fields(info)
         state["fields"] = fields
         total = fields["total"] or iterations
         if bar.length != total:
@@ -133,26 +140,26 @@ def targets_seed(prompt, size, iterations, seeds, keep, seed, init_image, cutn, 
     self-score (or, with --queue, leaves the job to the workers).
     """
     cfg = _settings()
-    payload = admin.job_payload(
+    payload = job_payload(
         prompt, size=_or(size, cfg["GEN_SIZE"]), iterations=_or(iterations, cfg["GEN_ITERATIONS"]),
         seeds=_or(seeds, cfg["GEN_SEEDS"]), keep=_or(keep, cfg["GEN_KEEP"]), seed=seed, init_image=init_image,
         cutn=cutn, clip_model=clip_model, clip_pretrained=clip_pretrained, vqgan_model=vqgan_model,
         min_score=min_score)
-    choice = admin.model_choice(current_app.config, clip_model, clip_pretrained, vqgan_model)
+    choice = model_choice(current_app.config, clip_model, clip_pretrained, vqgan_model)
     if to_queue:
-        admin.check_model_names(choice)
+        check_model_names(choice)
         job_id = _queue().enqueue(payload)
         click.echo(f"queued job {job_id}: {payload['prompt']!r} (see `flask --app game targets jobs`)")
         return
     scorer = _ext("scorer")
-    clip, vqgan = admin.load_models(choice, judge_clip=getattr(scorer, "clip", None))
+    clip, vqgan = load_models(choice, judge_clip=getattr(scorer, "clip", None))
     for kind, model in (("CLIP", clip), ("VQGAN", vqgan)):
         if not getattr(model, "is_pretrained", True):
             click.secho(f"note: {kind} {model.model_id} has random weights; the image and its score are not real",
                         fg="yellow", err=True)
     on_step, bar = _progress_printer(payload["iterations"])
     with bar:
-        seeded = admin.generate_target(_ext("store"), scorer, clip, vqgan, payload, cfg, on_step=on_step,
+        seeded = generate_target(_ext("store"), scorer, clip, vqgan, payload, cfg, on_step=on_step,
                                        min_score=min_score)
     if seeded.target_id is None:
         raise CommandError(f"self-score {seeded.self_score:.4f} is below --min-score {min_score}; nothing added")
@@ -172,7 +179,8 @@ def targets_add_photo(paths, caption, title, attribution):
     Each file is validated (format, pixel count, file size, decompression
     bombs) and normalised before any is added.
     """
-    added = admin.add_photos(_ext("store"), _ext("scorer"), list(paths), caption=caption, title=title,
+    from game.photos import add_photos  # PIL and numpy: only for this command
+    added = add_photos(_ext("store"), _ext("scorer"), list(paths), caption=caption, title=title,
                              attribution=attribution)
     for path, target_id in zip(paths, added):
         click.echo(f"added photo {target_id}  {path}")
@@ -190,7 +198,7 @@ def targets_list(kind, status, min_score):
     if not items:
         click.echo("no targets match")
         return
-    rows = [[t.id, t.kind, getattr(t, "status", ""), admin.fmt_score(getattr(t, "self_score", None)),
+    rows = [[t.id, t.kind, getattr(t, "status", ""), fmt_score(getattr(t, "self_score", None)),
              getattr(t, "seed", None) if getattr(t, "seed", None) is not None else "-",
              _short(getattr(t, "prompt", None) or getattr(t, "title", None) or getattr(t, "reference_caption", None))]
             for t in items]
@@ -203,7 +211,7 @@ def targets_list(kind, status, min_score):
 @admin_errors
 def targets_show(target_id):
     """Show one target's details."""
-    for key, value in admin.describe_target(_ext("store"), target_id):
+    for key, value in describe_target(_ext("store"), target_id):
         click.echo(f"{key + ':':<18} {value}")
 
 
@@ -218,11 +226,11 @@ def targets_remove(target_id, yes):
     the target are chosen again.
     """
     store = _ext("store")
-    target = admin.get_target_or_fail(store, target_id)
+    target = get_target_or_fail(store, target_id)
     label = getattr(target, "prompt", None) or getattr(target, "title", None) or target.kind
     if not yes and not click.confirm(f"remove target {target_id} ({label})?"):
         raise CommandError("not removed")
-    cleared = admin.remove_target(store, target_id)
+    cleared = remove_target(store, target_id)
     click.echo(f"removed target {target_id}")
     if cleared:
         click.echo(f"future days that used it will be chosen again: {', '.join(cleared)}")
@@ -234,7 +242,7 @@ def targets_remove(target_id, yes):
 @admin_errors
 def targets_schedule(date, target_ids):
     """Set the puzzles of DATE (YYYY-MM-DD, today or later)."""
-    puzzles = admin.schedule(_ext("store"), date, target_ids)
+    puzzles = schedule(_ext("store"), date, target_ids)
     for puzzle in puzzles:
         click.echo(f"{puzzle.id}  target {puzzle.target_id}")
 
@@ -249,7 +257,7 @@ def targets_jobs(status, limit):
     if not jobs:
         click.echo("no jobs")
         return
-    from game.worker import live_workers
+    from game.generation.heartbeats import live_workers
     alive = {w["name"] for w in live_workers(_ext("redis"))}
     now = time.time()
     rows = []
@@ -276,7 +284,7 @@ def targets_export(directory):
     Writes targets, images, embeddings, puzzle days, players, submissions and
     boards as files (manifest.json, keys.jsonl, images/*.png).
     """
-    from game import backup
+    from game.store import backup
     summary = backup.export_all(_ext("redis"), directory)
     click.echo(f"exported {summary} to {directory}")
 
@@ -292,7 +300,7 @@ def targets_import(directory, replace, yes):
     Every record is checked before anything is written; then the keys are
     staged and swapped in by one script: everything or nothing.
     """
-    from game import backup
+    from game.store import backup
     if replace and not yes and not click.confirm("delete all game data in this Redis and import the backup?"):
         raise CommandError("nothing imported")
     summary = backup.import_all(_ext("redis"), directory, replace=replace)
@@ -310,8 +318,8 @@ puzzles = AppGroup("puzzles", help="Preview the puzzles of a day.")
 def puzzles_show(date):
     """Show the puzzles of DATE (YYYY-MM-DD; default today, UTC)."""
     store = _ext("store")
-    day = admin.parse_date(date) if date else admin.store_today(store)
-    rows = admin.puzzle_rows(store, day)
+    day = parse_date(date) if date else store_today(store)
+    rows = puzzle_rows(store, day)
     click.echo(f"puzzles for {day} (judged by {store.model_id})")
     if not rows:
         click.echo("no puzzles: the pool has no ready targets")
@@ -348,7 +356,7 @@ models = AppGroup("models", help="List, download and check model weights.")
 def models_list():
     """List the known models and which are here."""
     rows = [[r["name"], r["kind"], f"{r['size_mb']} MB" if r["size_mb"] else "?", "yes" if r["present"] else "no",
-             _short(r["description"], 60)] for r in admin.models_table(_models_dir())]
+             _short(r["description"], 60)] for r in models_table(_models_dir())]
     _table(rows, ["NAME", "KIND", "SIZE", "PRESENT", "DESCRIPTION"])
     click.echo("test-tiny (CLIP and VQGAN) needs no download: random weights for tests and offline demos")
 
@@ -368,7 +376,7 @@ def models_download(name):
         state["done"] = done
 
     try:
-        paths = admin.download_model(name, _models_dir(), progress)
+        paths = download_model(name, _models_dir(), progress)
     finally:
         if state["bar"] is not None:
             state["bar"].__exit__(None, None, None)
@@ -380,7 +388,7 @@ def models_download(name):
 @admin_errors
 def models_check():
     """Show which weight files are here and where."""
-    rows = admin.models_check(_models_dir())
+    rows = model_files(_models_dir())
     _table([[r["name"], r["file"], "present" if r["present"] else "MISSING", r["path"]] for r in rows],
            ["NAME", "FILE", "STATE", "EXPECTED AT"])
     missing = [r for r in rows if not r["present"]]
@@ -400,16 +408,14 @@ worker = AppGroup("worker", help="Run the background generator worker.")
 @admin_errors
 def worker_run(name, once):
     """Consume generation jobs and keep the pool topped up."""
-    from game.worker import Worker
+    from game.generation.worker import Worker
     Worker.from_app(current_app, name=name).run(once=once)
 
 
 def init_app(app) -> None:
-    """Register the command groups and the admin page on `app`."""
+    """Register the command groups on `app`."""
     for group in (targets, models, puzzles, players, worker):
         app.cli.add_command(group)
-    from game import admin_views
-    admin_views.init_app(app)
 
 
 def _bare_app():
@@ -425,7 +431,3 @@ def standalone(argv=None) -> None:
     (e.g. to download weights before a production app, which refuses to start without them)."""
     from flask.cli import ScriptInfo
     click.Group("python -m game.cli", commands={"models": models})(args=argv, obj=ScriptInfo(create_app=_bare_app))
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess in tests
-    standalone()
