@@ -107,12 +107,6 @@ def public_id(player_id: str) -> str:
     return hashlib.sha256(f"captionary-public:{player_id}".encode()).hexdigest()[:12]
 
 
-def hint_key(model_id: str, puzzle_id: str) -> str:
-    """Redis hash of who used the hint on a puzzle (player id -> unix ms). Web-layer key, in the
-    store's per-model namespace so demo and real boards stay apart."""
-    return f"cap:m:{model_id}:pz:{puzzle_id}:hints"
-
-
 class Game:
     """Game actions over the shared Store and the process's Scorer. No sockets, no Flask."""
 
@@ -271,7 +265,7 @@ class Game:
         word = self.hint_word(puzzle)
         if not word:
             raise ProtocolError("no_hint", "there is no hint for this puzzle yet")
-        self.store.r.hsetnx(hint_key(self.store.model_id, puzzle.id), player_id, int(self.store.now() * 1000))
+        self.store.mark_hint_used(player_id, puzzle.id)
         return {"type": "hint", "puzzle": puzzle.id, "word": word}
 
     def hint_word(self, puzzle) -> Optional[str]:
@@ -281,7 +275,7 @@ class Game:
         return target.hint_word if target else None
 
     def used_hint(self, player_id: str, puzzle) -> Optional[str]:
-        if self.store.r.hexists(hint_key(self.store.model_id, puzzle.id), player_id):
+        if self.store.hint_used(player_id, puzzle.id):
             return self.hint_word(puzzle)
         return None
 
@@ -308,9 +302,8 @@ class Game:
         entries = self.store.leaderboard(puzzle.id, limit=BOARD_LIMIT, with_captions=not ranked)
         rows = [board_entry(e, viewer) for e in entries]
         if entries:  # who used the hint is public: the board shows it next to their score
-            used = self.store.r.hmget(hint_key(self.store.model_id, puzzle.id), [e.player_id for e in entries])
-            for row, mark in zip(rows, used):
-                if mark is not None:
+            for row, used in zip(rows, self.store.hint_users(puzzle.id, [e.player_id for e in entries])):
+                if used:
                     row["hint"] = True
         return {"type": "board", "puzzle": puzzle.id, "entries": rows, "captions_hidden": ranked}
 

@@ -264,6 +264,24 @@ class Store(TargetsMixin):
                 except redis.WatchError:
                     continue
 
+    # -- hints: who asked for a puzzle's hint (shown next to their score) -----------------------
+    def _hint_key(self, puzzle_id: str) -> str:
+        # Per model, like the boards: demo and real games keep separate hint records.
+        return f"{self._m}pz:{puzzle_id}:hints"
+
+    def mark_hint_used(self, player_id: str, puzzle_id: str) -> None:
+        """Remember the first time a player asked for this puzzle's hint (unix ms)."""
+        self.r.hsetnx(self._hint_key(puzzle_id), player_id, int(self.now() * 1000))
+
+    def hint_used(self, player_id: str, puzzle_id: str) -> bool:
+        return bool(self.r.hexists(self._hint_key(puzzle_id), player_id))
+
+    def hint_users(self, puzzle_id: str, player_ids: list[str]) -> list[bool]:
+        """For each player id, whether they used the hint (one round trip, for a board)."""
+        if not player_ids:
+            return []
+        return [mark is not None for mark in self.r.hmget(self._hint_key(puzzle_id), player_ids)]
+
     def nickname(self, player_id: str) -> Optional[str]:
         value = self.r.hget(f"cap:player:{player_id}", "nickname")
         return value.decode() if value is not None else None
