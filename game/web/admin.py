@@ -26,6 +26,8 @@ from flask import (Blueprint, Response, abort, current_app, jsonify, redirect, r
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from markupsafe import Markup
 
+from game.web.security import bearer_token, tokens_match
+
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 COOKIE_NAME = "captionary_admin"
 COOKIE_MAX_AGE_S = 12 * 3600  # an admin logs in again every working day
@@ -53,10 +55,7 @@ def _presented() -> Optional[str]:
     header = request.headers.get("X-Admin-Token")
     if header:
         return header
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        return auth[len("Bearer "):]
-    return None
+    return bearer_token(request)
 
 
 def _cookie_valid(token: str) -> bool:
@@ -77,7 +76,7 @@ def is_admin() -> bool:
         return False
     presented = _presented()
     if presented is not None:
-        return hmac.compare_digest(presented.encode(), token.encode())
+        return tokens_match(presented, token)
     return _cookie_valid(token)
 
 
@@ -123,7 +122,7 @@ def login():
             return response
         token = _token()
         given = request.form.get("token", "")
-        if token and hmac.compare_digest(given.encode(), token.encode()):
+        if tokens_match(given, token):
             target = request.args.get("next") or ""
             # Only local paths: never an open redirect.
             response = redirect(target if target.startswith("/admin") and "//" not in target

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hmac
 import json
 import logging
 import signal
@@ -44,6 +43,8 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
+
+from game.web.security import bearer_token, tokens_match
 
 log = logging.getLogger("captionary.ops")
 bp = Blueprint("ops", __name__)
@@ -391,9 +392,7 @@ def metrics():
     if not token and current_app.config.get("ENV") == "production":
         abort(404)  # production: closed until a token is configured
     if token:
-        auth = request.headers.get("Authorization", "")
-        given = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
-        if not given or not hmac.compare_digest(given.encode(), str(token).encode()):
+        if not tokens_match(bearer_token(request), token):
             return jsonify({"type": "error", "code": "forbidden", "message": "metrics need the bearer token"}), 403
     data = generate_latest(current_app.extensions["metrics"].registry)
     return Response(data, mimetype=CONTENT_TYPE_LATEST.split(";")[0], headers={"Cache-Control": "no-store"})

@@ -31,10 +31,25 @@ the setting.)
 """
 from __future__ import annotations
 
+import hmac
 import secrets
+from typing import Optional
 from urllib.parse import urlsplit
 
 from flask import current_app, g, request
+
+
+def bearer_token(req) -> Optional[str]:
+    """The token of an `Authorization: Bearer <token>` header, or None (admin scripts, /metrics scrapers)."""
+    auth = req.headers.get("Authorization", "")
+    return auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+
+
+def tokens_match(given: Optional[str], expected: Optional[str]) -> bool:
+    """Constant-time comparison of a presented secret with the configured one; nothing matches an unset one."""
+    if not given or not expected:
+        return False
+    return hmac.compare_digest(str(given).encode(), str(expected).encode())
 
 
 def origin_allowed(req=None) -> bool:
