@@ -134,6 +134,10 @@ def finish(config: dict, instance_path: str) -> None:
         config[key] = _as_bool(config[key])
     config["CLIP_PRETRAINED"] = str(config.get("CLIP_PRETRAINED") or "")
     config["CLIP_MODEL"] = str(config.get("CLIP_MODEL") or "ViT-B-32")
+    if config["CLIP_MODEL"] == "test-tiny" and config["CLIP_PRETRAINED"] in ("", "openai"):
+        # test-tiny exists only with random weights: asking for it alone means random (the demo
+        # banner and "not real" labels follow), not a refusal over the default "openai" tag.
+        config["CLIP_PRETRAINED"] = "random"
 
     _check_tokens(config)
     config["REDIS_MAXMEMORY"] = _memory(config.get("REDIS_MAXMEMORY"))

@@ -64,6 +64,18 @@ def test_development_without_weights_runs_in_demo_mode(tmp_path, redis_url, redi
     assert app.extensions["store"].model_id == "test-tiny/random"
 
 
+def test_test_tiny_alone_means_random_weights_labelled_not_real(tmp_path, redis_url, redis_client, clock):
+    """CAPTIONARY_CLIP_MODEL=test-tiny with the default pretrained tag: random weights and the demo
+    banner, not a refusal (test-tiny has no published weights to ask for)."""
+    app = make_app(tmp_path, redis_url, clock, CLIP_MODEL="test-tiny", CLIP_PRETRAINED="openai")
+    assert app.config["CLIP_PRETRAINED"] == "random" and app.config["DEMO_MODE"] is True
+    assert "random weights" in app.config["DEMO_REASON"] and "scores are not real" in app.config["DEMO_REASON"]
+    assert "Demo mode: scores are not real" in app.test_client().get("/how").get_data(as_text=True)
+    with pytest.raises(ConfigError, match="production"):  # and production still refuses it
+        make_app(tmp_path, redis_url, clock, CLIP_MODEL="test-tiny", CLIP_PRETRAINED="", ENV="production",
+                 SECRET_KEY="a-real-secret-of-enough-length")
+
+
 def test_a_new_visitor_gets_an_anonymous_player_and_keeps_it(client, seeded):
     client.get("/")
     first = client.get_cookie("captionary").value
