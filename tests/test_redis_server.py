@@ -166,3 +166,48 @@ def test_redis_url_gives_a_plain_client(redis_url, redis_client):
     client = redis_server.connect("/nonexistent/unused", redis_url)
     client.set("via-url", "1")
     assert redis_client.get("via-url") == b"1"
+
+
+# -- `flask --app game redis status|stop` ---------------------------------------------------------
+def _redis_cli(tmp_path, *args):
+    env = dict(os.environ, CAPTIONARY_INSTANCE_PATH=str(tmp_path))
+    env.pop("REDIS_URL", None)
+    return subprocess.run([sys.executable, "-m", "game.cli", "redis", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_redis_status_and_stop_never_start_a_server(tmp_path):
+    out = _redis_cli(tmp_path, "status")
+    assert out.returncode == 0, out.stderr
+    assert "not running" in out.stdout
+    assert not redis_server.is_running(tmp_path)  # asking did not start one
+
+    client = redis_server.connect(str(tmp_path))
+    client.set("cap:x", "1")
+    pid = redis_server.server_pid(tmp_path)
+    out = _redis_cli(tmp_path, "status")
+    assert out.returncode == 0, out.stderr
+    assert f"running, pid {pid}" in out.stdout and "keys:    1" in out.stdout and "noeviction" in out.stdout
+
+    out = _redis_cli(tmp_path, "stop")
+    assert out.returncode == 0, out.stderr
+    assert f"stopped (was pid {pid})" in out.stdout
+    assert not redis_server.is_running(tmp_path)
+    assert "not running" in _redis_cli(tmp_path, "stop").stdout
+    client.close()
+
+
+def test_flask_redis_command_does_not_build_the_app(tmp_path):
+    """The installed entry point: `flask --app game redis status` answers without starting Redis
+    (building the app would start it)."""
+    from importlib import metadata
+    names = {ep.name for ep in metadata.entry_points(group="flask.commands")}
+    if "redis" not in names:
+        pytest.skip("the project is not installed in this interpreter (scripts/setup.sh installs it)")
+    env = dict(os.environ, CAPTIONARY_INSTANCE_PATH=str(tmp_path))
+    env.pop("REDIS_URL", None)
+    out = subprocess.run([sys.executable, "-m", "flask", "--app", "game", "redis", "status"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "not running" in out.stdout
+    assert not redis_server.is_running(tmp_path)

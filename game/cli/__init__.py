@@ -430,4 +430,6 @@ def standalone(argv=None) -> None:
     """`python -m game.cli models ...`: the models group without building the game app
     (e.g. to download weights before a production app, which refuses to start without them)."""
     from flask.cli import ScriptInfo
-    click.Group("python -m game.cli", commands={"models": models})(args=argv, obj=ScriptInfo(create_app=_bare_app))
+    from game.cli.embedded import redis_group
+    click.Group("python -m game.cli", commands={"models": models, "redis": redis_group})(
+        args=argv, obj=ScriptInfo(create_app=_bare_app))

@@ -1,4 +1,4 @@
-"""`python -m game.cli models ...`: the models commands without building the game app."""
+"""`python -m game.cli models|redis ...`: the models and redis commands without building the game app."""
 from game.cli import standalone
 
 standalone()

@@ -200,6 +200,11 @@ def is_running(instance_path: str | os.PathLike) -> bool:
     return _answers(socket_path(instance_path))
 
 
+def connect_existing(instance_path: str | os.PathLike) -> redis.Redis:
+    """A client of the instance's running server that never starts one (for `redis status`)."""
+    return _client(socket_path(instance_path))
+
+
 def server_pid(instance_path: str | os.PathLike) -> Optional[int]:
     """Process id of the running embedded server, or None when none answers."""
     sock = socket_path(instance_path)
