@@ -13,7 +13,7 @@ import random
 import re
 from typing import Mapping, Sequence
 
-_PUZZLE_ID = re.compile(r"^(\d{4}-\d{2}-\d{2})/(\d{1,2})$")
+_PUZZLE_ID = re.compile(r"^(\d{4}-\d{2}-\d{2})/(\d{1,3})$")  # the one puzzle-id rule (web, store, CLI)
 
 
 def parse_date(value) -> str:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 import threading
 import time
-from collections import OrderedDict
 from typing import Optional
 
+from engine.embeddings import LRUCache
+from game import puzzles as pz
+
 CLIENT_TYPES = ("hello", "draft", "submit", "subscribe", "hint", "ping")
-PUZZLE_ID = re.compile(r"^(\d{4}-\d{2}-\d{2})/(\d{1,3})$")
 MAX_SUBSCRIPTIONS = 16
 BOARD_LIMIT = 20
 PUZZLE_CACHE_S = 5.0
@@ -115,7 +115,7 @@ class Game:
         self.max_caption_chars = max_caption_chars
         self.draft_rate, self.submit_rate = draft_rate, submit_rate
         # Target embeddings never change once stored, so a per-process copy is a pure cache.
-        self._embeddings: OrderedDict[str, object] = OrderedDict()
+        self._embeddings: LRUCache = LRUCache(256)  # target id -> embedding (targets never change theirs)
         self._emb_lock = threading.Lock()
         self._puzzles: dict[str, tuple] = {}  # frozen puzzles by id -> (Puzzle, expiry)
         self._shown: tuple[float, frozenset] = (-1e9, frozenset())  # (when read, targets players have seen)
@@ -123,13 +123,11 @@ class Game:
     # -- lookups ---------------------------------------------------------------------------------
     def puzzle(self, puzzle_id: str, seq=None):
         """(Puzzle, ranked) for an id from today (ranked) or a past day (practice); else an error."""
-        match = PUZZLE_ID.match(puzzle_id or "")
-        if not match:
-            raise ProtocolError("unknown_puzzle", f"no puzzle {puzzle_id[:40]!r} (ids look like 2026-11-27/1)", seq)
         try:
-            day = dt.date.fromisoformat(match.group(1))
+            day = dt.date.fromisoformat(pz.parse_puzzle_id(puzzle_id)[0])
         except ValueError:
-            raise ProtocolError("unknown_puzzle", f"no puzzle {puzzle_id!r}: bad date", seq) from None
+            raise ProtocolError("unknown_puzzle", f"no puzzle {str(puzzle_id)[:40]!r} (ids look like 2026-11-27/1)",
+                                seq) from None
         if day > self.today():
             raise ProtocolError("not_yet", f"puzzle {puzzle_id} belongs to a future day", seq)
         now = time.monotonic()
@@ -169,15 +167,10 @@ class Game:
         return dt.date.fromisoformat(self.store.today())
 
     def embedding(self, target_id: str):
-        with self._emb_lock:
-            if target_id in self._embeddings:
-                self._embeddings.move_to_end(target_id)
-                return self._embeddings[target_id]
-        emb = self.store.target_embedding(target_id)
-        with self._emb_lock:
-            self._embeddings[target_id] = emb
-            while len(self._embeddings) > 256:
-                self._embeddings.popitem(last=False)
+        emb = self._embeddings.get(target_id)
+        if emb is None:
+            emb = self.store.target_embedding(target_id)
+            self._embeddings.put(target_id, emb)
         return emb
 
     def caption(self, caption: str, seq=None) -> str:

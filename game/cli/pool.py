@@ -11,14 +11,15 @@ import datetime as dt
 import math
 from typing import Any, Iterable, Optional
 
+from game import puzzles as pz
 from game.errors import AdminError
 
 
 def parse_date(text: str) -> str:
     """A YYYY-MM-DD day as the store keys it."""
     try:
-        return dt.date.fromisoformat(str(text)).isoformat()
-    except (TypeError, ValueError):
+        return pz.parse_date(text)
+    except ValueError:
         raise AdminError(f"{text!r} is not a date; use YYYY-MM-DD (UTC)") from None
 
 

@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from engine.embeddings import embedding_from_bytes, embedding_to_bytes
 from engine.images import has_png_metadata, strip_png_metadata
 from game import puzzles as pz
 
@@ -76,7 +77,7 @@ def embedding_bytes(vec) -> bytes:
     norm = float(np.linalg.norm(arr))
     if norm == 0:
         raise ValueError("an embedding must not be all zeros")
-    return (arr / norm).astype("<f4").tobytes()  # stored L2-normalised, float32 little-endian
+    return embedding_to_bytes(arr / norm)  # stored L2-normalised, in the engine's one byte format
 
 
 class TargetsMixin:
@@ -204,7 +205,7 @@ class TargetsMixin:
         data = self.r.hget(self._m + f"emb:{target_id}", "embedding")
         if data is None:
             raise KeyError(f"target {target_id!r} has no embedding for {self.model_id}")
-        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+        return embedding_from_bytes(data)
 
     def list_targets(self, kind=None, status=None, min_score=None) -> list[Target]:
         """Targets, newest first; filters: kind, status (ready/pending/removed), self_score >= min_score."""
