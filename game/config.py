@@ -44,7 +44,7 @@ DEFAULTS: dict = {
     "SUBMIT_RATE": 2.0,
     "SUBMIT_BURST": 10,
     "ALLOWED_ORIGINS": "",  # extra websocket and POST origins besides the page's own host, comma-separated
-    # One client cannot spoil it for others (game/web/connlimits.py; checked there at start-up):
+    # One client cannot spoil it for others (game/web/connlimits.py):
     "TRUSTED_PROXIES": 0,  # proxy hops whose X-Forwarded-For/-Proto are trusted (ProxyFix); 0 = none
     "WS_PER_PLAYER": 8,  # open websockets per player, across all web processes; 0 = no cap
     "WS_PER_ADDRESS": 32,  # open websockets per client address; 0 = no cap
@@ -52,6 +52,13 @@ DEFAULTS: dict = {
     "NEW_PLAYER_BURST": 60.0,  # ...and the bucket size
     "WS_OUTBOX": 64,  # messages queued per socket; a client letting it fill is closed
     "WS_SEND_TIMEOUT_S": 10.0,  # a socket write blocked this long closes that socket
+    "FRAME_RATE": 60.0,  # websocket frames per second per connection (the flood guard, FrameBudget)...
+    "FRAME_BURST": 120.0,  # ...and its bucket size
+    "COOKIE_SECURE": True,  # production: the session cookies are Secure (false only for plain-HTTP deployments)
+    # Operations (game/web/ops.py):
+    "LOG_FORMAT": "text",  # text | json
+    "READY_REQUIRES_WORKERS": False,  # /readyz also needs a live generation worker
+    "GRACEFUL_SIGTERM": "auto",  # auto (inside gunicorn only) | true | false: drain sockets on SIGTERM
     "IMPORT_STARTER_PHOTOS": True,  # import assets/photos on first start (idempotent)
     "SCORER_BATCH_WINDOW_MS": 2.0,
     "TORCH_THREADS": None,  # None -> the scorer's default (cores - 1)
@@ -64,10 +71,16 @@ DEFAULTS: dict = {
     "MAX_CONTENT_LENGTH": 64 * 1024,  # HTTP bodies: JSON actions and the nickname form only
 }
 
+# The checks finish() applies, by kind: every setting is declared in DEFAULTS above and
+# checked here, once, so modules read app.config[KEY] without defaults or parsing of their own.
 _INT_KEYS = ("PUZZLES_PER_DAY", "MAX_SUBMISSIONS", "MAX_CAPTION_CHARS", "MAX_FRAME_BYTES",
-             "DRAFT_BURST", "SUBMIT_BURST", "ADMIN_LOGIN_FAILURES")
+             "DRAFT_BURST", "SUBMIT_BURST", "ADMIN_LOGIN_FAILURES", "WS_OUTBOX")  # whole numbers > 0
+_COUNT_KEYS = ("TRUSTED_PROXIES", "WS_PER_PLAYER", "WS_PER_ADDRESS")  # whole numbers >= 0 (0: none / no cap)
 _FLOAT_KEYS = ("DRAFT_RATE", "SUBMIT_RATE", "SCORER_BATCH_WINDOW_MS")
-_BOOL_KEYS = ("DEMO_FALLBACK", "IMPORT_STARTER_PHOTOS", "SESSION_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY")
+_POSITIVE_FLOAT_KEYS = ("FRAME_RATE", "FRAME_BURST", "NEW_PLAYER_RATE", "NEW_PLAYER_BURST", "WS_SEND_TIMEOUT_S")
+_BOOL_KEYS = ("DEMO_FALLBACK", "IMPORT_STARTER_PHOTOS", "SESSION_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY",
+              "COOKIE_SECURE", "READY_REQUIRES_WORKERS")
+_CHOICE_KEYS = {"LOG_FORMAT": ("text", "json"), "GRACEFUL_SIGTERM": ("auto", "true", "false")}
 
 
 def _startup_error_bases() -> tuple:
@@ -125,13 +138,27 @@ def finish(config: dict, instance_path: str) -> None:
             raise ConfigError(f"CAPTIONARY_{key} must be a whole number, not {config[key]!r}") from None
         if config[key] <= 0:
             raise ConfigError(f"CAPTIONARY_{key} must be positive, not {config[key]!r}")
-    for key in _FLOAT_KEYS:
+    for key in _COUNT_KEYS:
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+            raise ConfigError(f"CAPTIONARY_{key} must be a whole number (0 or more), not {value!r}")
+        config[key] = int(value)
+    for key in _FLOAT_KEYS + _POSITIVE_FLOAT_KEYS:
         try:
             config[key] = float(config[key])
         except (TypeError, ValueError):
             raise ConfigError(f"CAPTIONARY_{key} must be a number, not {config[key]!r}") from None
+        if key in _POSITIVE_FLOAT_KEYS and not config[key] > 0:
+            raise ConfigError(f"CAPTIONARY_{key} must be positive, not {config[key]!r}")
     for key in _BOOL_KEYS:
         config[key] = _as_bool(config[key])
+    for key, choices in _CHOICE_KEYS.items():
+        value = config[key]
+        value = {True: "true", False: "false"}.get(value, str(value).strip().lower())  # env JSON-decodes true
+        value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(value, value)
+        if value not in choices:
+            raise ConfigError(f"CAPTIONARY_{key} must be one of {', '.join(choices)}, not {config[key]!r}")
+        config[key] = value
     config["CLIP_PRETRAINED"] = str(config.get("CLIP_PRETRAINED") or "")
     config["CLIP_MODEL"] = str(config.get("CLIP_MODEL") or "ViT-B-32")
     if config["CLIP_MODEL"] == "test-tiny" and config["CLIP_PRETRAINED"] in ("", "openai"):
@@ -155,6 +182,7 @@ def finish(config: dict, instance_path: str) -> None:
                 f"production needs pretrained CLIP weights, but CAPTIONARY_CLIP_MODEL="
                 f"{config['CLIP_MODEL']!r} CAPTIONARY_CLIP_PRETRAINED={config['CLIP_PRETRAINED']!r} "
                 "means random weights whose scores are meaningless")
+        config["SESSION_COOKIE_SECURE"] = config["COOKIE_SECURE"]
     elif not secret:
         config["SECRET_KEY"] = _instance_secret(instance_path)
 

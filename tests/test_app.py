@@ -293,3 +293,26 @@ def test_a_full_redis_is_a_507_storage_full_and_loses_nothing(tmp_path, clock):
         assert client.post("/api/submit", json={"puzzle": puzzle.id, "caption": "room again"}).status_code == 200
     finally:
         redis_server.stop(str(instance))
+
+
+def test_every_setting_is_declared_and_checked_in_one_table(tmp_path):
+    """game/config.py DEFAULTS is the one table: each module reads app.config[KEY] of a declared
+    key, and a wrong value of any kind fails at start with one line naming the setting."""
+    import ast
+    import pathlib
+    from game import config as cfg
+    read = set()
+    for path in pathlib.Path(cfg.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
+                    and isinstance(node.slice.value, str) and node.slice.value.isupper()
+                    and "config" in ast.unparse(node.value)):
+                read.add(node.slice.value)
+    derived = {"DEMO_MODE", "DEMO_REASON", "MODEL_ID", "CLOCK", "INSTANCE_PATH", "SOCK_SERVER_OPTIONS"}
+    assert read - derived <= set(cfg.DEFAULTS), read - derived - set(cfg.DEFAULTS)
+    for key, bad in (("WS_PER_ADDRESS", "-1"), ("FRAME_RATE", "0"), ("LOG_FORMAT", "xml"),
+                     ("GRACEFUL_SIGTERM", "sometimes"), ("TRUSTED_PROXIES", "two"), ("WS_OUTBOX", 0)):
+        with pytest.raises(ConfigError, match=f"CAPTIONARY_{key} must"):
+            cfg.load(str(tmp_path), {key: bad})
+    ok = cfg.load(str(tmp_path), {"GRACEFUL_SIGTERM": True, "LOG_FORMAT": "JSON", "READY_REQUIRES_WORKERS": "yes"})
+    assert (ok["GRACEFUL_SIGTERM"], ok["LOG_FORMAT"], ok["READY_REQUIRES_WORKERS"]) == ("true", "json", True)

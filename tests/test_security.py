@@ -50,16 +50,11 @@ def test_every_page_has_a_strict_csp_and_no_inline_script(client, seeded):
 def test_hsts_on_https_and_secure_cookie_in_production(client, seeded):
     resp = client.get("/", base_url="https://captionary.example")
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=31536000")
-    from flask import Flask
-    from game.web import security
-    prod = Flask("prod")
-    prod.config.update(ENV="production")
-    security.init_app(prod)
-    assert prod.config["SESSION_COOKIE_SECURE"] is True
-    plain = Flask("plain")
-    plain.config.update(ENV="production", COOKIE_SECURE="false")
-    security.init_app(plain)
-    assert plain.config["SESSION_COOKIE_SECURE"] is False
+    from game import config as cfg
+    production = {"ENV": "production", "SECRET_KEY": "a-real-secret-of-enough-length"}
+    assert cfg.load(str(client.application.instance_path), production)["SESSION_COOKIE_SECURE"] is True
+    plain = cfg.load(str(client.application.instance_path), dict(production, COOKIE_SECURE="false"))
+    assert plain["SESSION_COOKIE_SECURE"] is False
 
 
 def test_admin_inline_styles_carry_the_nonce_named_by_the_csp(tmp_path, redis_url, redis_client, clock):

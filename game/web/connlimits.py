@@ -155,19 +155,7 @@ def may_mint_player(app, address: str) -> bool:
 
 
 def init_app(app) -> None:
-    from game.config import DEFAULTS, ConfigError
-    for key, kind in (("TRUSTED_PROXIES", int), ("WS_PER_PLAYER", int), ("WS_PER_ADDRESS", int),
-                      ("NEW_PLAYER_RATE", float), ("NEW_PLAYER_BURST", float),
-                      ("WS_OUTBOX", int), ("WS_SEND_TIMEOUT_S", float)):
-        value = app.config.get(key, DEFAULTS[key])
-        try:
-            value = kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"CAPTIONARY_{key} must be a number, not {value!r}") from None
-        if value < 0 or (value == 0 and key in ("NEW_PLAYER_RATE", "NEW_PLAYER_BURST", "WS_OUTBOX",
-                                                  "WS_SEND_TIMEOUT_S")):
-            raise ConfigError(f"CAPTIONARY_{key} must be positive, not {value!r}")
-        app.config[key] = value
+    # The settings were checked with all the others (game/config.py finish()).
     hops = app.config["TRUSTED_PROXIES"]
     if hops:
         from werkzeug.middleware.proxy_fix import ProxyFix

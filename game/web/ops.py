@@ -261,8 +261,8 @@ class Drain:
 
 def install_sigterm(app, drain: Drain) -> bool:
     """Chain our drain in front of the current SIGTERM handler (gunicorn's `handle_exit`)."""
-    mode = str(app.config.get("GRACEFUL_SIGTERM", "auto")).lower()
-    if mode in ("0", "false", "no", "off"):
+    mode = app.config["GRACEFUL_SIGTERM"]  # auto | true | false (checked in game/config.py)
+    if mode == "false":
         return False
     previous = signal.getsignal(signal.SIGTERM)
     if mode == "auto":
@@ -339,7 +339,7 @@ def configure_logging(app) -> None:
             handler.removeFilter(old)
         # On handlers, not loggers: a filter on the root logger misses records from child loggers.
         handler.addFilter(RedactSecrets(secrets))
-        if str(app.config.get("LOG_FORMAT", "text")).lower() == "json":
+        if app.config["LOG_FORMAT"] == "json":
             handler.setFormatter(JsonFormatter())
 
 
@@ -362,7 +362,7 @@ def readiness(app) -> tuple[bool, dict]:
     checks["model"] = {"ok": judge is not None and ext.get("scorer") is not None,
                        "model_id": getattr(judge, "model_id", None),
                        "demo_mode": bool(getattr(judge, "demo_mode", False))}
-    required = bool(app.config.get("READY_REQUIRES_WORKERS"))
+    required = app.config["READY_REQUIRES_WORKERS"]
     if checks["redis"]["ok"]:
         from game.generation.heartbeats import live_workers
         try:
@@ -399,12 +399,6 @@ def metrics():
 
 
 def init_app(app) -> None:
-    app.config.setdefault("LOG_FORMAT", "text")
-    app.config.setdefault("READY_REQUIRES_WORKERS", False)
-    app.config.setdefault("GRACEFUL_SIGTERM", "auto")
-    app.config.setdefault("METRICS_TOKEN", None)
-    from game.config import _as_bool
-    app.config["READY_REQUIRES_WORKERS"] = _as_bool(app.config["READY_REQUIRES_WORKERS"])
     configure_logging(app)
     m = Metrics()
     m.registry.register(RedisCollector(app))

@@ -110,18 +110,7 @@ def _headers(response):
 
 
 def init_app(app) -> None:
-    from game.config import ConfigError, _as_bool
-    # CAPTIONARY_FRAME_RATE / CAPTIONARY_FRAME_BURST: the per-connection flood guard (FrameBudget),
-    # checked here so a bad value fails at start-up, not on the first websocket.
-    for key, default in (("FRAME_RATE", 60.0), ("FRAME_BURST", 120.0)):
-        try:
-            app.config[key] = float(app.config.get(key, default))
-        except (TypeError, ValueError):
-            raise ConfigError(f"CAPTIONARY_{key} must be a number, not {app.config.get(key)!r}") from None
-        if app.config[key] <= 0:
-            raise ConfigError(f"CAPTIONARY_{key} must be positive, not {app.config[key]!r}")
-    if app.config.get("ENV") == "production":
-        app.config["SESSION_COOKIE_SECURE"] = _as_bool(app.config.get("COOKIE_SECURE", True))
+    # FRAME_RATE/FRAME_BURST and COOKIE_SECURE are checked (and the latter applied) in game/config.py.
     app.jinja_env.globals["csp_nonce"] = csp_nonce
     app.after_request(_headers)
 

@@ -322,7 +322,7 @@ def websocket(ws):
     # game/web/ops.py (graceful SIGTERM): tracks open sockets; while draining, each is closed with
     # 1012 once its current batch is answered, so in-flight drafts and submissions finish.
     drain = app.extensions.get("drain")
-    budget = FrameBudget(app.config.get("FRAME_RATE", 60.0), app.config.get("FRAME_BURST", 120.0))
+    budget = FrameBudget(app.config["FRAME_RATE"], app.config["FRAME_BURST"])
     try:
         if drain is not None and not drain.opened(conn):
             return
