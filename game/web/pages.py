@@ -280,13 +280,18 @@ UNAVAILABLE_MESSAGE = ("The game's database is briefly unavailable, so your last
 def _database_unavailable(exc):
     """Redis down or unreachable: a 503 the page and API clients retry, never a 500."""
     current_app.logger.warning("redis unavailable during %s %s: %s", request.method, request.path, exc)
-    if request.path.startswith("/api/") or request.path == "/ws":
-        resp = jsonify(error("unavailable", UNAVAILABLE_MESSAGE))
-    else:
-        resp = current_app.make_response(
-            (render_template("error.html", title="Back in a moment", message=UNAVAILABLE_MESSAGE), 503))
-    resp.status_code = 503
+    resp = _storage_error("unavailable", "Back in a moment", UNAVAILABLE_MESSAGE, 503)
     resp.headers["Retry-After"] = "5"
+    return resp
+
+
+def _storage_error(code: str, title: str, message: str, status: int):
+    """The store could not do it: JSON for the API and the socket's handshake, a page for browsers."""
+    if request.path.startswith("/api/") or request.path == "/ws":
+        resp = jsonify(error(code, message))
+    else:
+        resp = current_app.make_response((render_template("error.html", title=title, message=message), status))
+    resp.status_code = status
     return resp
 
 
@@ -304,13 +309,7 @@ def _storage_full(exc):
         current_app.logger.error("redis error during %s %s", request.method, request.path, exc_info=exc)
         return _error_page(InternalServerError())
     current_app.logger.error("redis storage full (maxmemory) during %s %s", request.method, request.path)
-    if request.path.startswith("/api/") or request.path == "/ws":
-        resp = jsonify(error("storage_full", STORAGE_FULL_MESSAGE))
-    else:
-        resp = current_app.make_response(
-            (render_template("error.html", title="Storage full", message=STORAGE_FULL_MESSAGE), 507))
-    resp.status_code = 507
-    return resp
+    return _storage_error("storage_full", "Storage full", STORAGE_FULL_MESSAGE, 507)
 
 
 def init_app(app) -> None:
