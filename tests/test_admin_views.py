@@ -159,7 +159,8 @@ def test_admin_cookie_is_separate_from_the_player_cookie(app, gan):
     assert client.get("/").status_code == 200  # a player first: the player cookie is set
     player = client.get_cookie("captionary").value
     assert client.post("/admin/login", data={"token": TOKEN}).status_code == 302
-    assert client.get_cookie("captionary").value == player  # logging in leaves the player's session alone
+    # Same payload (the player id); the signature's timestamp may move on: the session is refreshed per request.
+    assert client.get_cookie("captionary").value.split(".")[0] == player.split(".")[0]  # login leaves the player
     assert client.get("/admin/").status_code == 200
     # The player cookie alone (same secret, same browser) gives no admin rights.
     other = app.test_client()
@@ -171,7 +172,7 @@ def test_admin_cookie_is_separate_from_the_player_cookie(app, gan):
     assert other.get("/admin/").status_code == 302
     assert client.post("/admin/logout").status_code == 302
     assert client.get("/admin/").status_code == 302
-    assert client.get_cookie("captionary").value == player  # logging out keeps the player too
+    assert client.get_cookie("captionary").value.split(".")[0] == player.split(".")[0]  # logout keeps the player
 
 
 def test_login_is_rate_limited_per_address(app):
