@@ -177,8 +177,9 @@ class Store(TargetsMixin):
         # Tests pin the day with their own clock; everything else shares the Redis server's.
         self.clock = clock or RedisClock(redis_client)
         self._m = f"cap:m:{model_id}:"
-        self._submit = self.r.register_script((_LUA_DIR / "submit.lua").read_text())
-        self._practice = self.r.register_script((_LUA_DIR / "practice.lua").read_text())
+        attempts = (_LUA_DIR / "_attempts.lua").read_text()  # the helpers both recording scripts share
+        self._submit = self.r.register_script(attempts + (_LUA_DIR / "submit.lua").read_text())
+        self._practice = self.r.register_script(attempts + (_LUA_DIR / "practice.lua").read_text())
         self._bucket = self.r.register_script((_LUA_DIR / "take_token.lua").read_text())
         self._claim_name = self.r.register_script((_LUA_DIR / "claim_nickname.lua").read_text())
         self.r.sadd("cap:models", model_id)

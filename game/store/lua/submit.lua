@@ -1,4 +1,5 @@
--- Records one ranked submission atomically (see game/store/__init__.py for the key layout).
+-- Records one ranked submission atomically (see game/store/__init__.py for the key layout;
+-- _attempts.lua is prepended).
 -- KEYS: 1 count hash, 2 best hash, 3 puzzle board zset, 4 day seq counter,
 --       5 day totals hash, 6 day board zset, 7 day log stream, 8 player's attempts list
 -- ARGV: 1 player id, 2 q (score in micro-units, integer), 3 score (exact text),
@@ -34,16 +35,11 @@ local seq = redis.call('INCR', KEYS[4])
 
 redis.call('XADD', KEYS[7], '*', 'player', player, 'puzzle', puzzle, 'caption', caption,
            'score', score, 'q', ARGV[2], 'seq', seq, 'ms', now_ms)
-redis.call('RPUSH', KEYS[8], cjson.encode({caption = caption, score = score, ms = now_ms, seq = tostring(seq)}))
+append_attempt(KEYS[8], caption, score, now_ms, tostring(seq), nil)
 
-local improved = 0
-local old = redis.call('HGET', KEYS[2], player)
-local old_q = nil
-if old then old_q = tonumber(cjson.decode(old).q) end
-if old_q == nil or q > old_q then
-  improved = 1
-  redis.call('HSET', KEYS[2], player, cjson.encode({q = ARGV[2], score = score, caption = caption,
-                                                    seq = tostring(seq), ms = now_ms}))
+local improved, old_q = keep_best(KEYS[2], player, q, {q = ARGV[2], score = score, caption = caption,
+                                                       seq = tostring(seq), ms = now_ms})
+if improved == 1 then
   redis.call('ZADD', KEYS[3], string.format('%.0f', q * 4294967296 + (4294967295 - seq)), player)
   local total = tonumber(redis.call('HGET', KEYS[5], player) or '0') - (old_q or 0) + q
   redis.call('HSET', KEYS[5], player, string.format('%.0f', total))
