@@ -180,7 +180,7 @@ def flood_child(url: str, puzzle: str, rate: float, seconds: float) -> None:
         if due > sent:
             try:
                 player.ws.sock.sendall(b"".join(encoded[i % 1000] for i in range(sent, due)))
-            except OSError:  # the server cut the flooder off (1008): it sends nothing more
+            except (OSError, AttributeError):  # cut off (1008); once the reader saw the close, ws.sock is None
                 closed_after = time.perf_counter() - start
                 break
             sent = due
