@@ -1,12 +1,12 @@
 """Faults on real processes: kill -9 Redis mid-stream, two gunicorn web processes on one Redis, kill -9 one.
 
-The scenarios live in tests/faults.py (bench/hardening.py runs them too and
+The scenarios live in harness/faults.py (bench/hardening.py runs them too and
 prints the figures). Killing a generator worker mid-job is covered by
 tests/test_worker_kill.py, which runs `python -m game.generation.worker` processes for real.
 """
 from __future__ import annotations
 
-import faults
+from harness import faults
 
 
 def test_kill_9_redis_mid_stream_loses_no_acknowledged_submission(tmp_path, tiny_clip):

@@ -1,7 +1,7 @@
 """Fuzzing: malformed and abusive websocket frames and HTTP requests get well-formed errors, never a crash.
 
 A smaller but real count here (CI time); bench/hardening.py runs the same
-strategies (tests/fuzzing.py) at >= 10,000 messages against gunicorn. The
+strategies (harness/fuzzing.py) at >= 10,000 messages against gunicorn. The
 websocket run goes over a real socket to a real threaded server; the HTTP run
 goes through Flask's test client with TESTING on, so any exception a request
 raises surfaces as a failure instead of a quiet 500. Failures shrink to a
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from web_fixtures import *  # noqa: F401,F403
 from web_fixtures import make_app, serving
-from fuzzing import fuzz_http, fuzz_websocket, flask_client_sender
+from harness.fuzzing import fuzz_http, fuzz_websocket, flask_client_sender
 
 FAST = dict(DRAFT_RATE=1e6, DRAFT_BURST=1e6, SUBMIT_RATE=1e6, SUBMIT_BURST=1e6, MAX_SUBMISSIONS=1000,
             FRAME_RATE=1e6, FRAME_BURST=1e6)

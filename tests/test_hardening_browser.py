@@ -15,7 +15,7 @@ import pytest
 
 from web_fixtures import *  # noqa: F401,F403
 from web_fixtures import make_app, serving
-import procs
+from harness import servers
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("CAPTIONARY_CHROMIUM", "/usr/bin/chromium")
@@ -71,8 +71,8 @@ def _browse_under_csp(browser, url, seeded):
 
 
 def test_page_reconnects_by_itself_across_a_gunicorn_restart(browser, redis_url, redis_client, tiny_clip, tmp_path):
-    puzzles = procs.seed_today(redis_client, tiny_clip.embed_dim)
-    first = procs.Gunicorn(redis_url, tmp_path, "before-deploy").wait_ready()
+    puzzles = servers.seed_today(redis_client, tiny_clip.embed_dim)
+    first = servers.Gunicorn(redis_url, tmp_path, "before-deploy").wait_ready()
     port = first.port
     second = None
     ctx, page = _page(browser)
@@ -84,7 +84,7 @@ def test_page_reconnects_by_itself_across_a_gunicorn_restart(browser, redis_url,
         first.proc.send_signal(signal.SIGTERM)
         page.wait_for_selector("#conn[data-state=reconnecting]", timeout=15000)
         assert first.proc.wait(20) == 0
-        second = procs.Gunicorn(redis_url, tmp_path, "after-deploy", port=port).wait_ready()
+        second = servers.Gunicorn(redis_url, tmp_path, "after-deploy", port=port).wait_ready()
         page.wait_for_selector("#conn[data-state=live]", timeout=30000)
         page.evaluate("document.getElementById('score').textContent = '–'")
         page.locator("#caption").press_sequentially(" in the rain", delay=20)

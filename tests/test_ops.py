@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from web_fixtures import *  # noqa: F401,F403
 from web_fixtures import make_app
-import procs
+from harness import servers
 
 
 def _metrics(client) -> dict:
@@ -164,12 +164,12 @@ def test_drain_closes_idle_sockets_with_1012_and_refuses_readiness(app, seeded, 
 def test_sigterm_on_gunicorn_finishes_in_flight_submissions_then_closes_1012(redis_url, redis_client, tiny_clip,
                                                                            tmp_path):
     from game.store import Store
-    puzzles = procs.seed_today(redis_client, tiny_clip.embed_dim)
-    web = procs.Gunicorn(redis_url, tmp_path, MAX_SUBMISSIONS=40, SUBMIT_RATE=100, SUBMIT_BURST=100)
+    puzzles = servers.seed_today(redis_client, tiny_clip.embed_dim)
+    web = servers.Gunicorn(redis_url, tmp_path, MAX_SUBMISSIONS=40, SUBMIT_RATE=100, SUBMIT_BURST=100)
     try:
         web.wait_ready()
-        idle = procs.Player(web.url)
-        busy = procs.Player(web.url)
+        idle = servers.Player(web.url)
+        busy = servers.Player(web.url)
         assert idle.ask({"type": "ping"})["type"] == "pong" and busy.ask({"type": "ping"})["type"] == "pong"
         for i in range(30):
             busy.send({"type": "submit", "puzzle": puzzles[0], "caption": f"caption number {i}", "seq": i})
@@ -182,7 +182,7 @@ def test_sigterm_on_gunicorn_finishes_in_flight_submissions_then_closes_1012(red
     finally:
         web.stop()
     acked = [m for m in got if m["type"] == "result"]
-    store = Store(redis_client, procs.MODEL_ID)
+    store = Store(redis_client, servers.MODEL_ID)
     (entry,) = store.leaderboard(puzzles[0]) or [None]
     recorded = store.attempts(entry.player_id, puzzles[0]) if entry else []
     # Every submission the server recorded was acknowledged before the close, and vice versa.

@@ -6,7 +6,7 @@ free 127.0.0.1 port with the tiny random CLIP and a shared REDIS_URL, waits for
 targets in the pool and freezes today's puzzles on the real clock (the servers run
 on the real clock, not the tests' settable one). `Player` is a websocket client
 that loads a page first for its cookie, like a browser. Imported by tests/ and by
-bench/hardening.py.
+bench/ (harness is installed with the project).
 """
 from __future__ import annotations
 

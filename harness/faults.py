@@ -1,4 +1,4 @@
-"""Fault scenarios on real processes, shared by tests/test_faults.py and bench/hardening.py.
+"""Fault scenarios on real processes, shared by tests/ (test_faults.py) and bench/hardening.py.
 
   redis_kill_scenario   gunicorn + its own embedded redis-server; players submit in a stream;
                         redis-server gets SIGKILL mid-stream and is restarted; every submission
@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-import procs
+from harness import servers
 
 
 class Submitter(threading.Thread):
@@ -41,7 +41,7 @@ class Submitter(threading.Thread):
         for _ in range(100):
             url = self.urls[0]
             try:
-                self.player = procs.Player(url, cookie=self.cookie, timeout=10)
+                self.player = servers.Player(url, cookie=self.cookie, timeout=10)
                 self.cookie = self.player.cookie
                 return
             except Exception as exc:  # the server we knew is gone: try the next one
@@ -88,7 +88,7 @@ class Submitter(threading.Thread):
 
 def _logged_captions(redis_client) -> list[str]:
     from game.store import Store
-    store = Store(redis_client, procs.MODEL_ID)
+    store = Store(redis_client, servers.MODEL_ID)
     return [row["caption"] for row in store.submission_log(store.today(), count=1_000_000)]
 
 
@@ -98,9 +98,9 @@ def redis_kill_scenario(workdir: Path, embed_dim: int, players: int = 4, before_
     instance = str(Path(workdir) / "killed-redis")
     client = redis_server.connect(instance)
     url = "unix://" + redis_server.socket_path(instance)
-    puzzles = procs.seed_today(client, embed_dim)
+    puzzles = servers.seed_today(client, embed_dim)
     # Scripted players answer-and-resend faster than any page: the per-connection frame budget is lifted.
-    web = procs.Gunicorn(url, Path(workdir), "web-redis-kill", MAX_SUBMISSIONS=100000, SUBMIT_RATE=1000,
+    web = servers.Gunicorn(url, Path(workdir), "web-redis-kill", MAX_SUBMISSIONS=100000, SUBMIT_RATE=1000,
                          SUBMIT_BURST=1000, FRAME_RATE=1e6, FRAME_BURST=1e6)
     stop = threading.Event()
     try:
@@ -134,20 +134,20 @@ def redis_kill_scenario(workdir: Path, embed_dim: int, players: int = 4, before_
 
 def two_webs_scenario(redis_url: str, redis_client, workdir: Path, embed_dim: int, load_s: float = 1.5,
                       after_s: float = 1.5) -> dict:
-    puzzles = procs.seed_today(redis_client, embed_dim)
+    puzzles = servers.seed_today(redis_client, embed_dim)
     opts = dict(MAX_SUBMISSIONS=100000, SUBMIT_RATE=1000, SUBMIT_BURST=1000, DRAFT_RATE=1000, DRAFT_BURST=1000,
                 FRAME_RATE=1e6, FRAME_BURST=1e6)
-    web1 = procs.Gunicorn(redis_url, Path(workdir), "web1", **opts)
-    web2 = procs.Gunicorn(redis_url, Path(workdir), "web2", **opts)
+    web1 = servers.Gunicorn(redis_url, Path(workdir), "web1", **opts)
+    web2 = servers.Gunicorn(redis_url, Path(workdir), "web2", **opts)
     out: dict = {}
     stop = threading.Event()
     try:
         web1.wait_ready()
         web2.wait_ready()
         # One live board: a watcher on web1 sees a submission made on web2, once.
-        watcher = procs.Player(web1.url)
+        watcher = servers.Player(web1.url)
         watcher.ask({"type": "subscribe", "puzzles": [puzzles[0]]}, "subscribed")
-        writer = procs.Player(web2.url)
+        writer = servers.Player(web2.url)
         result = writer.ask({"type": "submit", "puzzle": puzzles[0], "caption": "cross-process caption"}, "result")
         push = watcher.recv_until("board")
         out["push_seen"] = [e["score"] for e in push["entries"]] == [result["score"]]
@@ -177,7 +177,7 @@ def two_webs_scenario(redis_url: str, redis_client, workdir: Path, embed_dim: in
         # at most one more, whose reply the kill swallowed), in one attempts list.
         resumed = []
         for s in movers:
-            p = procs.Player(web2.url, cookie=s.cookie)
+            p = servers.Player(web2.url, cookie=s.cookie)
             state = p.ask({"type": "hello", "puzzle": puzzles[2]}, "state")
             p.close()
             attempts = [a["caption"] for a in state["puzzle"]["attempts"]]

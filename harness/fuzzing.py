@@ -126,7 +126,7 @@ def fuzz_websocket(base_url: str, puzzles: list[str], examples: int, *, strict: 
                    stats: Stats | None = None) -> Stats:
     """Send `examples` batches of 1-4 frames over one socket (reconnecting after a crash)."""
     import websocket
-    from procs import Player
+    from harness.servers import Player
     stats = stats or Stats()
     state = {"player": Player(base_url)}
 
