@@ -148,8 +148,8 @@ def flood_child(url: str, puzzle: str, rate: float, seconds: float) -> None:
     as little of ours as possible on the attacker's side.
     """
     import websocket
-    from harness import servers
-    player = servers.Player(url)
+    from harness.client import WSClient
+    player = WSClient.player(url)
     player.ws.set_mask_key(lambda n: b"\x00" * n)
     frames = [websocket.ABNF.create_frame(json.dumps({"type": "draft", "seq": i + 1, "puzzle": puzzle,
                                                         "caption": f"flood flood {i % 97}"}),
@@ -201,9 +201,9 @@ class Typist(threading.Thread):
 
     def __init__(self, idx, url, puzzle):
         super().__init__(daemon=True)
-        from harness import servers
+        from harness.client import WSClient
         self.rng = random.Random(idx)
-        self.player = servers.Player(url)
+        self.player = WSClient.player(url)
         self.puzzle = puzzle
         self.latencies: list[tuple[float, float]] = []  # (send time, latency)
         self.errors: list[str] = []
@@ -234,13 +234,14 @@ class Typist(threading.Thread):
 
 def run_flood(workdir: Path, redis_url: str, client, model: str, typists: int, rounds: int, round_s: float) -> dict:
     from harness import servers
+    from harness.client import WSClient
     client.flushall()
     puzzles = servers.seed_today(client, embed_dim(model), model_id=f"{model}/random")
     web = servers.Gunicorn(redis_url, workdir, "web-flood", CLIP_MODEL=model, TORCH_THREADS=1)
     try:
         web.wait_ready(timeout=180)
         players = [Typist(i, web.url, puzzles[i % len(puzzles)]) for i in range(typists)]
-        warm = servers.Player(web.url)  # the first drafts pay for warm-up: not part of either phase
+        warm = WSClient.player(web.url)  # the first drafts pay for warm-up: not part of either phase
         for i in range(20):
             warm.ask({"type": "draft", "seq": i + 1, "puzzle": puzzles[0], "caption": " ".join(WORDS[:i + 1])})
         warm.close()
@@ -321,7 +322,7 @@ def seed_abuse_day(client, dim: int) -> tuple[list[str], list[str]]:
     Returns (today's puzzle ids, pool-only target ids)."""
     import numpy as np
     from game.store import Store
-    from harness.servers import MODEL_ID
+    from harness.settings import MODEL_ID
     store = Store(client, MODEL_ID)
     rng = np.random.default_rng(7)
 
@@ -356,10 +357,9 @@ class Client:
         self.cookie = cookie
 
     def socket(self, **kwargs):
-        import websocket
-        return websocket.create_connection(self.url.replace("http://", "ws://") + "/ws", timeout=10,
-                                           header=[f"Cookie: {self.cookie}", f"X-Forwarded-For: {self.addr}"],
-                                           origin=self.url, **kwargs)
+        """This client's websocket (the raw connection of harness.client.WSClient), with its address."""
+        from harness.client import WSClient
+        return WSClient(self.url, self.cookie, self.url, headers=[f"X-Forwarded-For: {self.addr}"], **kwargs).ws
 
 
 def _persistent_keys(client) -> set[bytes]:
@@ -398,7 +398,7 @@ def check_secrets(url: str, client, puzzles: list[str], pool: list[str]) -> int:
     ws.close()
     images = 0
     from game.store import Store
-    from harness.servers import MODEL_ID
+    from harness.settings import MODEL_ID
     store = Store(client, MODEL_ID)
     for target_id in [p.target_id for p in store.puzzles_for(day)]:
         r = s.get(f"{url}/target/{target_id}.png", timeout=20)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from harness import servers
+from harness.client import WSClient
+from harness.settings import MODEL_ID
 
 
 class Submitter(threading.Thread):
@@ -41,7 +43,7 @@ class Submitter(threading.Thread):
         for _ in range(100):
             url = self.urls[0]
             try:
-                self.player = servers.Player(url, cookie=self.cookie, timeout=10)
+                self.player = WSClient.player(url, cookie=self.cookie, timeout=10)
                 self.cookie = self.player.cookie
                 return
             except Exception as exc:  # the server we knew is gone: try the next one
@@ -88,7 +90,7 @@ class Submitter(threading.Thread):
 
 def _logged_captions(redis_client) -> list[str]:
     from game.store import Store
-    store = Store(redis_client, servers.MODEL_ID)
+    store = Store(redis_client, MODEL_ID)
     return [row["caption"] for row in store.submission_log(store.today(), count=1_000_000)]
 
 
@@ -145,9 +147,9 @@ def two_webs_scenario(redis_url: str, redis_client, workdir: Path, embed_dim: in
         web1.wait_ready()
         web2.wait_ready()
         # One live board: a watcher on web1 sees a submission made on web2, once.
-        watcher = servers.Player(web1.url)
+        watcher = WSClient.player(web1.url)
         watcher.ask({"type": "subscribe", "puzzles": [puzzles[0]]}, "subscribed")
-        writer = servers.Player(web2.url)
+        writer = WSClient.player(web2.url)
         result = writer.ask({"type": "submit", "puzzle": puzzles[0], "caption": "cross-process caption"}, "result")
         push = watcher.recv_until("board")
         out["push_seen"] = [e["score"] for e in push["entries"]] == [result["score"]]
@@ -177,7 +179,7 @@ def two_webs_scenario(redis_url: str, redis_client, workdir: Path, embed_dim: in
         # at most one more, whose reply the kill swallowed), in one attempts list.
         resumed = []
         for s in movers:
-            p = servers.Player(web2.url, cookie=s.cookie)
+            p = WSClient.player(web2.url, cookie=s.cookie)
             state = p.ask({"type": "hello", "puzzle": puzzles[2]}, "state")
             p.close()
             attempts = [a["caption"] for a in state["puzzle"]["attempts"]]

@@ -126,9 +126,9 @@ def fuzz_websocket(base_url: str, puzzles: list[str], examples: int, *, strict: 
                    stats: Stats | None = None) -> Stats:
     """Send `examples` batches of 1-4 frames over one socket (reconnecting after a crash)."""
     import websocket
-    from harness.servers import Player
+    from harness.client import WSClient
     stats = stats or Stats()
-    state = {"player": Player(base_url)}
+    state = {"player": WSClient.player(base_url)}
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
               phases=[Phase.generate, Phase.shrink] if strict else [Phase.generate],
@@ -152,7 +152,7 @@ def fuzz_websocket(base_url: str, puzzles: list[str], examples: int, *, strict: 
                 _check_reply(reply, stats, strict)
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             # The socket closed or went silent: only a server bug does that to frames this size.
-            state["player"] = Player(base_url, cookie=player.cookie)
+            state["player"] = WSClient.player(base_url, cookie=player.cookie)
             stats.problem("crashes", f"{type(exc).__name__}: {exc} after {[str(f)[:60] for f in batch]}", strict)
 
     try:

@@ -4,14 +4,13 @@
 free 127.0.0.1 port with the tiny random CLIP and a shared REDIS_URL, waits for
 /healthz, and stops it (SIGTERM, then SIGKILL) on exit. `seed_today` puts three
 targets in the pool and freezes today's puzzles on the real clock (the servers run
-on the real clock, not the tests' settable one). `Player` is a websocket client
-that loads a page first for its cookie, like a browser. Imported by tests/ and by
-bench/ (harness is installed with the project).
+on the real clock, not the tests' settable one). The settings are
+harness.settings, as CAPTIONARY_* variables; players connect with
+harness.client.WSClient.player. Imported by tests/ and by bench/.
 """
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import socket
@@ -20,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from harness.settings import MODEL_ID, environment
+
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_ID = "test-tiny/random"
-SECRET = "hardening-test-secret-0123456789"  # shared by every web process: one cookie works on all
 
 
 def free_port() -> int:
@@ -37,14 +36,13 @@ def procfile_web(port: int) -> str:
 
 
 def server_env(redis_url: str, instance: str, **extra) -> dict:
+    """The environment of a server process: harness.settings (with `extra` config keys) as CAPTIONARY_*."""
     # PATH: the Procfile names `gunicorn`, which must be this interpreter's own (the
     # venv's bin/, first on PATH whether or not the venv is activated).
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), REDIS_URL=redis_url, CAPTIONARY_INSTANCE_PATH=instance, CAPTIONARY_SECRET_KEY=SECRET,
-               CAPTIONARY_CLIP_MODEL="test-tiny", CAPTIONARY_CLIP_PRETRAINED="random",
-               CAPTIONARY_IMPORT_STARTER_PHOTOS="0", CAPTIONARY_TORCH_THREADS="1", PYTHONUNBUFFERED="1",
-               # Every test client is 127.0.0.1: no per-address caps (game/web/connlimits.py) unless a test sets them.
-               CAPTIONARY_WS_PER_ADDRESS="0", CAPTIONARY_NEW_PLAYER_RATE="1000", CAPTIONARY_NEW_PLAYER_BURST="100000")
-    env.update({f"CAPTIONARY_{k}": str(v) for k, v in extra.items()})
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               REDIS_URL=redis_url, CAPTIONARY_INSTANCE_PATH=instance, PYTHONUNBUFFERED="1")
+    # One torch thread: several processes share a small CI machine (a benchmark passes TORCH_THREADS=None).
+    env.update(environment(**{"TORCH_THREADS": 1, **extra}))
     return env
 
 
@@ -128,57 +126,3 @@ def seed_today(redis_client, embed_dim: int, n: int = 3, model_id: str = MODEL_I
         vec = rng.standard_normal(embed_dim).astype(np.float32)
         store.add_target("photo", buf.getvalue(), vec / np.linalg.norm(vec), title=f"seed {i}")
     return [p.id for p in store.freeze_day(store.today())]
-
-
-class Player:
-    """A websocket player: GET / for the cookie (or reuse one), then /ws with the page's Origin."""
-
-    def __init__(self, base_url: str, cookie: str | None = None, timeout: float = 20.0):
-        import requests
-        import websocket
-        if cookie is None:
-            session = requests.Session()
-            session.get(base_url + "/", timeout=timeout)
-            cookie = f"captionary={session.cookies['captionary']}"
-        self.cookie, self.base = cookie, base_url
-        self.ws = websocket.create_connection(base_url.replace("http://", "ws://") + "/ws", timeout=timeout,
-                                              header=[f"Cookie: {cookie}"], origin=base_url)
-
-    def send(self, msg) -> None:
-        self.ws.send(msg if isinstance(msg, str) else json.dumps(msg))
-
-    def recv(self) -> dict:
-        return json.loads(self.ws.recv())
-
-    def recv_until(self, kind: str, limit: int = 100) -> dict:
-        for _ in range(limit):
-            msg = self.recv()
-            if msg.get("type") == kind:
-                return msg
-        raise AssertionError(f"no {kind} in {limit} messages")
-
-    def ask(self, msg, kind: str | None = None) -> dict:
-        self.send(msg)
-        return self.recv_until(kind) if kind else self.recv()
-
-    def frames_until_close(self, limit: int = 1000):
-        """(messages, close code) reading until the server closes the socket."""
-        import websocket
-        messages = []
-        for _ in range(limit):
-            try:
-                frame = self.ws.recv_frame()
-            except (websocket.WebSocketConnectionClosedException, OSError):
-                return messages, None
-            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
-                return messages, code
-            if frame.opcode == websocket.ABNF.OPCODE_TEXT:
-                messages.append(json.loads(frame.data.decode()))
-        return messages, None
-
-    def close(self) -> None:
-        try:
-            self.ws.close()
-        except Exception:
-            pass

@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from web_fixtures import *  # noqa: F401,F403
 from web_fixtures import make_app
 from harness import servers
+from harness.client import WSClient
+from harness.settings import MODEL_ID
 
 
 def _metrics(client) -> dict:
@@ -168,8 +170,8 @@ def test_sigterm_on_gunicorn_finishes_in_flight_submissions_then_closes_1012(red
     web = servers.Gunicorn(redis_url, tmp_path, MAX_SUBMISSIONS=40, SUBMIT_RATE=100, SUBMIT_BURST=100)
     try:
         web.wait_ready()
-        idle = servers.Player(web.url)
-        busy = servers.Player(web.url)
+        idle = WSClient.player(web.url)
+        busy = WSClient.player(web.url)
         assert idle.ask({"type": "ping"})["type"] == "pong" and busy.ask({"type": "ping"})["type"] == "pong"
         for i in range(30):
             busy.send({"type": "submit", "puzzle": puzzles[0], "caption": f"caption number {i}", "seq": i})
@@ -182,7 +184,7 @@ def test_sigterm_on_gunicorn_finishes_in_flight_submissions_then_closes_1012(red
     finally:
         web.stop()
     acked = [m for m in got if m["type"] == "result"]
-    store = Store(redis_client, servers.MODEL_ID)
+    store = Store(redis_client, MODEL_ID)
     (entry,) = store.leaderboard(puzzles[0]) or [None]
     recorded = store.attempts(entry.player_id, puzzles[0]) if entry else []
     # Every submission the server recorded was acknowledged before the close, and vice versa.

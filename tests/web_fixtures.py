@@ -1,5 +1,5 @@
 """Fixtures for the web tests: an app on the tiny CLIP and the session's real Redis, seeded
-targets, a real threaded server on 127.0.0.1, and websocket clients.
+targets, a real threaded server on 127.0.0.1, and websocket clients (harness.client.WSClient).
 
 Import with `from web_fixtures import *` (pytest puts tests/ on sys.path). The
 Redis, clock and tiny-CLIP fixtures come from tests/conftest.py.
@@ -7,34 +7,28 @@ Redis, clock and tiny-CLIP fixtures come from tests/conftest.py.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 
 import pytest
 
 from conftest import png_bytes
+from harness.client import WSClient, new_player_cookie
+from harness.settings import SETTINGS
 
 __all__ = ["app", "client", "seeded", "live_server", "ws_connect", "WSClient", "TEST_CONFIG", "make_app",
            "player_cookie", "serving", "new_player_cookie"]
 
-TEST_CONFIG = {
+# harness.settings (the model, the secret, the lifted per-address caps) plus what only the
+# in-process tests want: Flask's testing mode and caps small enough to reach in a test.
+TEST_CONFIG = dict(SETTINGS, **{
     "TESTING": True,
     "ENV": "development",
-    "SECRET_KEY": "test-secret-key-not-for-production",
-    "CLIP_MODEL": "test-tiny",
-    "CLIP_PRETRAINED": "random",
-    "IMPORT_STARTER_PHOTOS": False,
     "MAX_SUBMISSIONS": 3,
     "DRAFT_RATE": 50.0,
     "DRAFT_BURST": 200,
     "SUBMIT_RATE": 50.0,
     "SUBMIT_BURST": 50,
-    # Every test client connects from 127.0.0.1 and many mint players: the per-address caps
-    # (game/web/connlimits.py) are lifted here; tests/test_connlimits.py sets them where it tests them.
-    "WS_PER_ADDRESS": 0,
-    "NEW_PLAYER_RATE": 1000.0,
-    "NEW_PLAYER_BURST": 100000,
-}
+})
 
 
 def make_app(tmp_path, redis_url, clock, **overrides):
@@ -100,52 +94,11 @@ def serving(app):
         thread.join(10)
 
 
-def new_player_cookie(base_url: str, session=None) -> str:
-    """Load the page as a new browser would and return its session cookie as a Cookie header value."""
-    import requests
-    session = session or requests.Session()
-    session.get(base_url + "/")
-    return f"captionary={session.cookies['captionary']}"
-
-
 @pytest.fixture
 def live_server(app):
     """The app served for real on 127.0.0.1 in a background thread (see `serving`)."""
     with serving(app) as server:
         yield server
-
-
-class WSClient:
-    """A websocket-client connection speaking the JSON protocol, with a cookie from a real page load."""
-
-    def __init__(self, base_url: str, cookie: str | None = None, origin: str | None = None):
-        import websocket
-        headers = []
-        if cookie:
-            headers.append(f"Cookie: {cookie}")
-        self.ws = websocket.create_connection(base_url.replace("http://", "ws://") + "/ws", timeout=10,
-                                              header=headers, origin=origin, suppress_origin=origin is None)
-
-    def send(self, message) -> None:
-        self.ws.send(message if isinstance(message, str) else json.dumps(message))
-
-    def recv(self) -> dict:
-        return json.loads(self.ws.recv())
-
-    def recv_until(self, kind: str, limit: int = 50) -> dict:
-        """The next message of `kind` (skipping pushes such as board updates)."""
-        for _ in range(limit):
-            msg = self.recv()
-            if msg["type"] == kind:
-                return msg
-        raise AssertionError(f"no {kind} message in {limit} messages")
-
-    def ask(self, message, kind: str | None = None) -> dict:
-        self.send(message)
-        return self.recv_until(kind) if kind else self.recv()
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 @pytest.fixture
