@@ -7,7 +7,7 @@
    status >= 500 outside /readyz and the judge's documented 503 `busy`.
 2. Faults (harness/faults.py): kill -9 redis-server mid-stream of submissions and restart
    it; two web processes on one Redis with one killed -9 mid-load; and
-   tests/test_worker_kill.py (kill -9 a generator worker mid-job) run as it runs in CI.
+   tests/system/test_worker_kill.py (kill -9 a generator worker mid-job) run as it runs in CI.
    lost_acks: acknowledged submissions missing afterwards, summed over the scenarios.
 3. Flood: players typing at human pace on one web process (default throttle:
    DRAFT_RATE 12/s, DRAFT_BURST 30) with the full-size judge (ViT-B-32, random
@@ -129,9 +129,9 @@ def run_faults(workdir: Path, redis_url: str, client) -> dict:
           f"duplicates={w['duplicates']}")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/test_worker_kill.py"], cwd=ROOT, capture_output=True, text=True)
+                           "tests/system/test_worker_kill.py"], cwd=ROOT, capture_output=True, text=True)
     tail = (proc.stdout.strip().splitlines() or ["?"])[-1]
-    print(f"faults: worker kill -9 mid-job (tests/test_worker_kill.py): {tail} in {time.perf_counter() - t0:.1f}s")
+    print(f"faults: worker kill -9 mid-job (tests/system/test_worker_kill.py): {tail} in {time.perf_counter() - t0:.1f}s")
     ok = (w["push_seen"] and w["logged_once"] and w["survivor_errors"] == 0 and w["survivor_reconnects"] == 0
           and w["movers_resumed"]
           and r["duplicates"] == 0 and w["duplicates"] == 0 and proc.returncode == 0)

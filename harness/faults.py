@@ -8,7 +8,7 @@
                         mid-load: typists on the other see no error, and the killed process's
                         players reconnect to the survivor with their cookie and resume
 
-The worker kill -9 scenario is tests/test_worker_kill.py (bench/hardening.py runs it).
+The worker kill -9 scenario is tests/system/test_worker_kill.py (bench/hardening.py runs it).
 Each function returns what it measured; the tests assert, the bench prints.
 """
 from __future__ import annotations
