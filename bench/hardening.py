@@ -605,7 +605,7 @@ def run_abuse(workdir: Path, redis_url: str, client) -> dict:
     client.flushall()
     puzzles, pool = seed_abuse_day(client, embed_dim("test-tiny"))
     # One trusted proxy hop: each simulated client has its own address in X-Forwarded-For.
-    # The shipped per-address limits (harness/servers.py lifts them for tests, whose clients all
+    # The shipped per-address limits (harness/settings.py lifts them for tests, whose clients all
     # share 127.0.0.1; here each client has its own address, so the real defaults apply).
     from game.config import DEFAULTS
     shipped = {k: DEFAULTS[k] for k in ("WS_PER_PLAYER", "WS_PER_ADDRESS", "NEW_PLAYER_RATE", "NEW_PLAYER_BURST")}
