@@ -249,6 +249,14 @@ def test_engine_imports_neither_game_nor_flask(graph):
     assert not bad, "engine/ must stay a library:\n" + "\n".join(bad)
 
 
+def test_the_product_never_imports_the_test_harness(graph):
+    """harness/ and tests/ serve the tests and benchmarks; the game and the engine ship without them."""
+    _, _, external = graph
+    bad = sorted(f"{m} imports {name}" for m in graph[0] for name in external[m]
+                 if name.split(".")[0] in ("harness", "tests", "bench", "pytest"))
+    assert not bad, "product code imports test code:\n" + "\n".join(bad)
+
+
 def test_imports_only_point_down_the_layers(graph):
     modules, lines, _ = graph
     bad = [f"{arrow}  ({modules_file(source)} line {lines[source, target]})"
