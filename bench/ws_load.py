@@ -31,7 +31,13 @@ Last line, exactly:
   ws_load: players=<n> drafts_per_s=<x> p50_ms=<a> p99_ms=<b> errors=<e>
 where drafts_per_s is the offered rate (drafts sent per second of load).
 
-Usage: python bench/ws_load.py [--quick] [--players N] [--seconds S] [--port P] [--stalled N]
+`--capacity` steps the number of typists (10, 20, 30, 45, 60, 90, 120; 15 s each unless
+--seconds) on one server, one load run per step, and prints last
+  ws_capacity: typists=<n> drafts_per_s=<x> p50_ms=<a> p99_ms=<b> errors=<e>
+for the largest step whose p99 stays <= 150 ms with no errors (typists=0 when
+none does); steps stop early once a p99 passes 450 ms.
+
+Usage: python bench/ws_load.py [--quick] [--capacity] [--players N] [--seconds S] [--port P] [--stalled N]
 """
 from __future__ import annotations
 
@@ -51,6 +57,8 @@ WORDS = ("a photo of the red old wooden small big tiny dog cat bird astronaut ro
          "space launch tower smoke steam table morning light shadow field river mountain snow").split()
 MODEL, PRETRAINED = "ViT-B-32", "random"
 EMBED_DIM = 512  # ViT-B-32's; targets get seeded random unit embeddings of this size
+CAPACITY_STEPS = (10, 20, 30, 45, 60, 90, 120)  # typists per step of --capacity (10, 20: where a slow box is today)
+CAPACITY_P99_MS = 150.0  # the live score's promise: a draft's score within 150 ms
 
 
 def percentile(values, q):
@@ -187,9 +195,12 @@ def main():
     parser.add_argument("--stalled", type=int, default=0,
                         help="extra clients that subscribe to every board and never read")
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--capacity", action="store_true",
+                        help=f"step the typists ({', '.join(map(str, CAPACITY_STEPS))}; --players caps it) on one "
+                             f"server and report the largest count whose p99 stays <= {CAPACITY_P99_MS:.0f} ms")
     args = parser.parse_args()
     players = args.players or (30 if args.quick else 60)
-    seconds = args.seconds or (15.0 if args.quick else 45.0)
+    seconds = args.seconds or (15.0 if args.quick or args.capacity else 45.0)
     port = args.port or None  # None: the harness picks a free one
 
     instance = tempfile.mkdtemp(prefix="captionary-wsload-")
@@ -209,50 +220,31 @@ def main():
         base = web.url
         t0 = time.perf_counter()
         _wait_ready(web)
-        print(f"server ready in {time.perf_counter() - t0:.1f}s; {players} players for {seconds:.0f}s", flush=True)
+        print(f"server ready in {time.perf_counter() - t0:.1f}s", flush=True)
+        warm_up(base, puzzles[0])
 
-        stats = {"latencies": [], "sent": 0, "dropped": 0, "errors": 0, "submits": 0, "pushes": 0,
-                 "over_cap": 0, "error_codes": [], "push_ms": []}
-        stalled = [stalled_reader(base, puzzles) for _ in range(args.stalled)]
-        lock = threading.Lock()
-        start = time.perf_counter()
-        stop_at = start + seconds
-        crowd = [Player(i, base, puzzles[i % len(puzzles)], stop_at, stats, lock) for i in range(players)]
-        for i, p in enumerate(crowd):
-            p.start()
-            time.sleep(min(0.05, 1.0 / players))  # players arrive over about a second, not in one instant
-        for p in crowd:
-            p.join(seconds + 60)
-        elapsed = time.perf_counter() - start
-        deadline = time.perf_counter() + 5.0  # answers still in flight
-        while time.perf_counter() < deadline and any(p.outstanding() for p in crowd):
-            time.sleep(0.05)
-        unanswered = sum(p.outstanding() for p in crowd)
-        for p in crowd:
-            try:
-                p.ws.close()
-            except Exception:
-                pass
-        lat = stats["latencies"]
-        errors = stats["errors"] + unanswered
-        rate = stats["sent"] / elapsed
-        print(f"drafts sent {stats['sent']} in {elapsed:.1f}s; scored {len(lat)}, dropped (overtaken) "
-              f"{stats['dropped']}, unanswered {unanswered}; submits {stats['submits']} "
-              f"(+{stats['over_cap']} over the cap); board pushes received {stats['pushes']}")
-        if stats["error_codes"]:
-            counts = {}
-            for code in stats["error_codes"]:
-                counts[code] = counts.get(code, 0) + 1
-            print("errors by code:", counts)
-        closed = sum(_closed_by_server(s) for s in stalled)
-        push = stats["push_ms"]
-        print(f"board push after an improving submit, ms: p50 {percentile(push, 50):.1f} "
-              f"p99 {percentile(push, 99):.1f} ({len(push)} pushes)"
-              + (f"; stalled readers closed by the server: {closed}/{len(stalled)}" if stalled else ""))
-        print(f"scored/s {len(lat) / elapsed:.1f}; latency ms: p50 {percentile(lat, 50):.1f} "
-              f"p90 {percentile(lat, 90):.1f} p99 {percentile(lat, 99):.1f} max {max(lat, default=float('nan')):.1f}")
-        print(f"ws_load: players={players} drafts_per_s={rate:.1f} p50_ms={percentile(lat, 50):.1f} "
-              f"p99_ms={percentile(lat, 99):.1f} errors={errors}", flush=True)
+        if args.capacity:
+            steps = [n for n in CAPACITY_STEPS if n <= (args.players or CAPACITY_STEPS[-1])]
+            best = None
+            for n in steps:
+                result = run_load(base, puzzles, n, seconds, args.stalled)
+                if result["p99_ms"] <= CAPACITY_P99_MS and result["errors"] == 0:
+                    best = result
+                elif result["p99_ms"] > 3 * CAPACITY_P99_MS:
+                    print(f"capacity: p99 {result['p99_ms']:.0f} ms at {n} typists, far past "
+                          f"{CAPACITY_P99_MS:.0f} ms: larger steps skipped", flush=True)
+                    break
+            if best is None:
+                print(f"capacity: even {steps[0]} typists were over p99 {CAPACITY_P99_MS:.0f} ms", flush=True)
+                print("ws_capacity: typists=0 drafts_per_s=0.0 p50_ms=nan p99_ms=nan errors=0", flush=True)
+            else:
+                print(f"ws_capacity: typists={best['players']} drafts_per_s={best['drafts_per_s']:.1f} "
+                      f"p50_ms={best['p50_ms']:.1f} p99_ms={best['p99_ms']:.1f} errors={best['errors']}", flush=True)
+        else:
+            result = run_load(base, puzzles, players, seconds, args.stalled)
+            print(f"ws_load: players={players} drafts_per_s={result['drafts_per_s']:.1f} "
+                  f"p50_ms={result['p50_ms']:.1f} p99_ms={result['p99_ms']:.1f} errors={result['errors']}",
+                  flush=True)
     finally:
         if web is not None:
             web.stop()
@@ -261,6 +253,68 @@ def main():
         except Exception as exc:
             print(f"warning: could not stop the embedded Redis: {exc}", file=sys.stderr)
         shutil.rmtree(instance, ignore_errors=True)
+
+
+def warm_up(base: str, puzzle: str, drafts: int = 30) -> None:
+    """The first drafts of a fresh process pay for one-time work (allocator, kernels, caches):
+    not part of any measured run."""
+    from harness.client import WSClient
+    t0 = time.perf_counter()
+    ws = WSClient.player(base)
+    try:
+        for i in range(drafts):
+            ws.ask({"type": "draft", "seq": i + 1, "puzzle": puzzle, "caption": " ".join(WORDS[:i % 12 + 1])},
+                   "score")
+    finally:
+        ws.close()
+    print(f"warm-up: {drafts} drafts in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalled_n: int = 0) -> dict:
+    """One load run of `players` typists for `seconds`; prints its lines and returns its figures."""
+    print(f"load: {players} typists for {seconds:.0f}s", flush=True)
+    stats = {"latencies": [], "sent": 0, "dropped": 0, "errors": 0, "submits": 0, "pushes": 0,
+             "over_cap": 0, "error_codes": [], "push_ms": []}
+    stalled = [stalled_reader(base, puzzles) for _ in range(stalled_n)]
+    lock = threading.Lock()
+    start = time.perf_counter()
+    stop_at = start + seconds
+    crowd = [Player(i, base, puzzles[i % len(puzzles)], stop_at, stats, lock) for i in range(players)]
+    for i, p in enumerate(crowd):
+        p.start()
+        time.sleep(min(0.05, 1.0 / players))  # players arrive over about a second, not in one instant
+    for p in crowd:
+        p.join(seconds + 60)
+    elapsed = time.perf_counter() - start
+    deadline = time.perf_counter() + 5.0  # answers still in flight
+    while time.perf_counter() < deadline and any(p.outstanding() for p in crowd):
+        time.sleep(0.05)
+    unanswered = sum(p.outstanding() for p in crowd)
+    for p in crowd:
+        try:
+            p.ws.close()
+        except Exception:
+            pass
+    lat = stats["latencies"]
+    errors = stats["errors"] + unanswered
+    rate = stats["sent"] / elapsed
+    print(f"drafts sent {stats['sent']} in {elapsed:.1f}s; scored {len(lat)}, dropped (overtaken) "
+          f"{stats['dropped']}, unanswered {unanswered}; submits {stats['submits']} "
+          f"(+{stats['over_cap']} over the cap); board pushes received {stats['pushes']}")
+    if stats["error_codes"]:
+        counts = {}
+        for code in stats["error_codes"]:
+            counts[code] = counts.get(code, 0) + 1
+        print("errors by code:", counts)
+    closed = sum(_closed_by_server(s) for s in stalled)
+    push = stats["push_ms"]
+    print(f"board push after an improving submit, ms: p50 {percentile(push, 50):.1f} "
+          f"p99 {percentile(push, 99):.1f} ({len(push)} pushes)"
+          + (f"; stalled readers closed by the server: {closed}/{len(stalled)}" if stalled else ""))
+    print(f"scored/s {len(lat) / elapsed:.1f}; latency ms: p50 {percentile(lat, 50):.1f} "
+          f"p90 {percentile(lat, 90):.1f} p99 {percentile(lat, 99):.1f} max {max(lat, default=float('nan')):.1f}")
+    return {"players": players, "drafts_per_s": rate, "p50_ms": percentile(lat, 50),
+            "p99_ms": percentile(lat, 99), "errors": errors}
 
 
 def stalled_reader(base: str, puzzles: list[str]):
