@@ -83,10 +83,14 @@ class Connection:
 
     def send(self, message: dict) -> bool:
         """Queue a message; False when the socket is closing or its client stopped reading."""
+        return self.send_text(json.dumps(message, separators=(",", ":")))
+
+    def send_text(self, text: str) -> bool:
+        """`send` for a message already encoded as JSON (a board push goes to every watcher as is)."""
         if self.closing:
             return False
         try:
-            self._outbox.put_nowait(json.dumps(message, separators=(",", ":")))
+            self._outbox.put_nowait(text)
             return True
         except queue.Full:
             self.abandon(f"its outbox of {self._outbox.maxsize} messages is full")
@@ -272,14 +276,16 @@ class BoardHub:
     def _fan_out(self, item) -> None:
         channel = item["channel"]
         channel = channel.decode() if isinstance(channel, bytes) else channel
+        data = item["data"]
         try:
-            message = json.loads(item["data"])
+            text = data.decode() if isinstance(data, bytes) else str(data)
+            json.loads(text)  # never forward something that is not a message
         except (TypeError, ValueError):
             return
         with self._lock:
             targets = list(self._by_channel.get(channel, ()))
-        for conn in targets:
-            conn.send(message)
+        for conn in targets:  # the store published it as JSON: encoded once, not once per watcher
+            conn.send_text(text)
 
 
 @bp.before_request
@@ -383,15 +389,12 @@ def handle_batch(game, hub, conn: Connection, frames, max_bytes: int):
             log.warning("redis unavailable handling %s: %s", msg.get("type"), exc)
             yield error("unavailable", "the game's database is briefly unavailable, so this was not "
                         "recorded; please try again in a few seconds", msg.get("seq"))
-        except redis.exceptions.ResponseError as exc:
-            if not is_out_of_memory(exc):
-                log.exception("unexpected error handling %s", msg.get("type"))
-                yield error("internal", "something went wrong on our side; please try again", msg.get("seq"))
+        except Exception as exc:
+            if isinstance(exc, redis.exceptions.ResponseError) and is_out_of_memory(exc):
+                log.error("redis storage full (maxmemory) handling %s", msg.get("type"))
+                yield error("storage_full", "the game's storage is full, so this was not recorded (everything "
+                            "recorded before is safe); please try again later", msg.get("seq"))
                 continue
-            log.error("redis storage full (maxmemory) handling %s", msg.get("type"))
-            yield error("storage_full", "the game's storage is full, so this was not recorded (everything "
-                        "recorded before is safe); please try again later", msg.get("seq"))
-        except Exception:
             log.exception("unexpected error handling %s", msg.get("type"))
             yield error("internal", "something went wrong on our side; please try again",
                         msg.get("seq"))
