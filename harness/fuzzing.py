@@ -225,11 +225,13 @@ def _check_http(method, path, status, ctype, data, stats: Stats, strict: bool) -
             stats.problem("bad_replies", f"{method} {path} -> {status}: {body!r}"[:300], strict)
 
 
-def fuzz_http(send, puzzles: list[str], examples: int, *, strict: bool = False, stats: Stats | None = None) -> Stats:
-    """`send(method, path, headers, body) -> (status, content_type, body bytes)` for each generated request."""
+def fuzz_http(send, puzzles: list[str], examples: int, *, strict: bool = False, derandomize: bool = False,
+              stats: Stats | None = None) -> Stats:
+    """`send(method, path, headers, body) -> (status, content_type, body bytes)` for each generated request.
+    `derandomize`: the same requests every run (a test asserting which answers were reached)."""
     stats = stats or Stats()
 
-    @settings(max_examples=examples, deadline=None, database=None,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
               phases=[Phase.generate, Phase.shrink] if strict else [Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(req=http_requests(puzzles))

@@ -31,7 +31,11 @@ def test_http_fuzz_no_500_and_api_errors_are_json(tmp_path, redis_url, clock, se
     app = make_app(tmp_path / "fuzz", redis_url, clock, ADMIN_TOKEN="fuzz-admin-token-1234567890abcdefgh", **FAST)
     client = app.test_client()
     client.get("/")
-    stats = fuzz_http(flask_client_sender(client), [p.id for p in seeded], examples=600, strict=True)
+    # Derandomized: the answers asserted below (413 among them: a body over MAX_CONTENT_LENGTH that
+    # gets past the origin check and the login limit) are reached by the same requests every run,
+    # not by luck of the draw; the bench (harness.fuzzing, random) keeps exploring.
+    stats = fuzz_http(flask_client_sender(client), [p.id for p in seeded], examples=600, strict=True,
+                      derandomize=True)
     print("HTTP fuzz statuses:", sorted(stats.replies.items()))
     assert stats.messages >= 600 and stats.http_500 == 0 and stats.crashes == 0 and stats.bad_replies == 0
     assert {"HTTP 200", "HTTP 400", "HTTP 404", "HTTP 413"} <= set(stats.replies)
