@@ -202,9 +202,12 @@ def load_clip(name: str, pretrained: str, device: str | torch.device = "cpu",
         raise ValueError(f"no weights known for CLIP {name} with pretrained={pretrained!r} "
                          f"(registered tags: {', '.join(known) or 'none'}; or pass a checkpoint file path)")
     path = weights.resolve(entry.name, models_dir)[0]  # raises WeightsUnavailableError with the how-to
-    model, _, preprocess = _create_from_file(
-        name, str(path), force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-        **{f"image_{k}": tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
-           if tag_cfg.get(k) is not None},
-    )
+    try:
+        model, _, preprocess = _create_from_file(
+            name, str(path), force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            **{f"image_{k}": tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
+               if tag_cfg.get(k) is not None},
+        )
+    except ClipCheckpointError as exc:  # a registry file: say how to replace it, not only that it is bad
+        raise ClipCheckpointError(f"{exc}\n{weights.force_hint(entry.name)}") from None
     return _finish(model, name, pretrained, f"{name}/{pretrained}", True, device, preprocess)

@@ -56,6 +56,15 @@ SHIPPED_CONFIGS = {
     "wikiart_16384": "vqgan-imagenet-f16-16384.yaml",  # same architecture, trained on WikiArt
 }
 SUPPORTED_TARGETS = ("taming.models.vqgan.VQModel",)
+# taming's other autoencoders quantize differently; we implement VectorQuantizer (nearest code) only.
+OTHER_QUANTIZERS = {
+    "taming.models.vqgan.GumbelVQ": "Gumbel quantizer (GumbelQuantize: Gumbel-softmax over codes)",
+    "taming.models.vqgan.EMAVQ": "EMA quantizer (EMAVectorQuantizer)",
+}
+# Keys that give a quantizer away in a state dict whose YAML was lost or mislabelled.
+_QUANTIZER_KEYS = {"quantize.proj.weight": "Gumbel quantizer (GumbelQuantize)",
+                   "quantize.embed.weight": "Gumbel quantizer (GumbelQuantize)",
+                   "quantize.embedding.cluster_size": "EMA quantizer (EMAVectorQuantizer)"}
 # Where the objects Lightning pickles next to the weights live: callbacks, hyper-parameter
 # containers (argparse / OmegaConf, which mention typing.Any), numpy scalars in callback state.
 TRAINER_NAMESPACES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.",
@@ -67,6 +76,14 @@ REQUIRED_DDCONFIG = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_c
 
 class VQGANCheckpointError(ValueError):
     """A VQGAN config or checkpoint is missing, truncated, unsafe or does not match."""
+
+
+def _unsupported_quantizer(where: str, quantizer: str) -> VQGANCheckpointError:
+    working = ", ".join(sorted(n for n, e in weights.REGISTRY.items() if e.kind == "vqgan"))
+    return VQGANCheckpointError(
+        f"{where}: the {quantizer} is not supported; the engine runs taming's VQModel with its "
+        f"nearest-code VectorQuantizer (target {SUPPORTED_TARGETS[0]}). Checkpoints that work: {working} "
+        f"(e.g. vqgan_imagenet_f16_16384), or any VQModel model.yaml + last.ckpt")
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,8 @@ def read_config(path: os.PathLike | str) -> VQGANConfig:
     if not isinstance(params, dict):
         raise VQGANCheckpointError(f"{path}: expected model.params (a taming model.yaml)")
     target = model.get("target", SUPPORTED_TARGETS[0])
+    if target in OTHER_QUANTIZERS:
+        raise _unsupported_quantizer(f"{path} (model.target {target})", OTHER_QUANTIZERS[target])
     if target not in SUPPORTED_TARGETS:
         raise VQGANCheckpointError(f"{path}: model.target {target!r} is not supported (only {SUPPORTED_TARGETS})")
     dd = params.get("ddconfig")
@@ -253,6 +272,9 @@ def _model_state(ckpt: Any, path: str) -> dict[str, torch.Tensor]:
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise VQGANCheckpointError(f"{path}: no state_dict of tensors inside (not a taming checkpoint)")
+    for key, quantizer in _QUANTIZER_KEYS.items():
+        if key in state:
+            raise _unsupported_quantizer(f"{path} (holds {key})", quantizer)
     kept = {k: v for k, v in state.items() if k.startswith(MODEL_PREFIXES)}
     other = [k for k in state if not k.startswith(MODEL_PREFIXES) and not k.startswith("loss.")]
     if other:
@@ -335,4 +357,9 @@ def load_vqgan(name: str, device: str | torch.device = "cpu", models_dir: Option
     by_name = {p.name: p for p in paths}
     config_path = by_name.get("model.yaml", paths[0])
     ckpt_path = by_name.get("last.ckpt", paths[-1])
-    return load_files(config_path, ckpt_path, device, name)
+    try:
+        return load_files(config_path, ckpt_path, device, name)
+    except VQGANCheckpointError as exc:
+        # A registry file that fails to load is a bad download (or a hand copy gone wrong): the
+        # message already names the path; say how to replace it, since deleting it by hand is not obvious.
+        raise VQGANCheckpointError(f"{exc}\n{weights.force_hint(name)}") from None

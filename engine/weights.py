@@ -13,6 +13,7 @@ import hashlib
 import os
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -37,6 +38,7 @@ class WeightsFile:
     urls: tuple[str, ...]  # primary first, then mirrors
     size: Optional[int] = None  # exact bytes when known; verified after download
     sha256: Optional[str] = None  # verified after download when known
+    format: Optional[str] = None  # "torch" or "yaml": content checked after download (see verify_content)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ register(WeightsEntry(
         urls=(
             "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_pytorch_model.bin",
         ),
+        format="torch",
     ),),
     env_override="CAPTIONARY_CLIP_WEIGHTS",
     approx_size_mb=605,
@@ -87,8 +90,8 @@ def _heibox(share: str, path: str) -> str:
 def _vqgan_entry(name: str, description: str, yaml_urls: tuple, ckpt_urls: tuple) -> WeightsEntry:
     return WeightsEntry(
         name=name, kind="vqgan", description=description,
-        files=(WeightsFile(filename="model.yaml", urls=yaml_urls),
-               WeightsFile(filename="last.ckpt", urls=ckpt_urls)),
+        files=(WeightsFile(filename="model.yaml", urls=yaml_urls, format="yaml"),
+               WeightsFile(filename="last.ckpt", urls=ckpt_urls, format="torch")),
         extra={"format": "taming-model.yaml+lightning-ckpt"},
     )
 
@@ -181,28 +184,96 @@ def sha256_of(path: os.PathLike | str) -> str:
     return digest.hexdigest()
 
 
+# torch.save writes a zip archive (since torch 1.6); older releases wrote a pickle that
+# opens with protocol 2 and torch's magic number. Anything else is not a checkpoint.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _describe_start(head: bytes) -> str:
+    text = head.lstrip().lower()
+    if not head:
+        return "the file is empty"
+    if text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in text[:512]:
+        return "it is an HTML/XML page (an error or login page saved in place of the file)"
+    if text.startswith((b"{", b"[")):
+        return "it is JSON text (an error response?)"
+    return f"it starts with {head[:16]!r}"
+
+
+def verify_content(file: WeightsFile, path: os.PathLike | str) -> None:
+    """Check that `path` holds what `file.format` promises; WeightsVerificationError says what it holds instead.
+
+    Cheap by design (the zip directory at the end of the file, not every tensor):
+    it runs on every download and on every `models download` of a present file.
+    """
+    if file.format is None:
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(1024)
+    if file.format == "torch":
+        if head.startswith(b"PK\x03\x04"):
+            try:
+                with zipfile.ZipFile(path) as archive:  # reads the central directory at the end
+                    names = archive.namelist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise WeightsVerificationError(
+                    f"{path}: truncated or damaged torch checkpoint ({exc})") from None
+            if not any(n.endswith("data.pkl") for n in names):
+                raise WeightsVerificationError(f"{path}: a zip archive but not a torch checkpoint (no data.pkl)")
+            return
+        if head.startswith(_LEGACY_TORCH_MAGIC):
+            return
+        raise WeightsVerificationError(f"{path}: not a torch checkpoint: {_describe_start(head)}")
+    if file.format == "yaml":
+        import yaml
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+        except (yaml.YAMLError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            raise WeightsVerificationError(f"{path}: not a YAML config: {_describe_start(head)}")
+        return
+    raise ValueError(f"unknown weights format {file.format!r}")
+
+
 def verify(file: WeightsFile, path: os.PathLike | str) -> None:
+    """Size, sha256 and content checks of a downloaded or provided file (WeightsVerificationError)."""
     actual_size = os.path.getsize(path)
     if file.size is not None and actual_size != file.size:
         raise WeightsVerificationError(f"{path}: size {actual_size} bytes, expected {file.size} (truncated or wrong file)")
+    verify_content(file, path)
     if file.sha256 is not None:
         actual = sha256_of(path)
         if actual != file.sha256:
             raise WeightsVerificationError(f"{path}: sha256 {actual}, expected {file.sha256}")
 
 
+def force_hint(name: str) -> str:
+    """How an admin replaces a bad file of registry entry `name` (one wording everywhere)."""
+    return (f"replace it with a verified download: flask --app game models download {name} --force "
+            f"(or python -m game.cli models download {name} --force)")
+
+
 ProgressFn = Callable[[int, Optional[int]], None]  # (bytes so far, total or None)
 
 
 def download_file(file: WeightsFile, dest: Path, progress: Optional[ProgressFn] = None, timeout: float = 30.0) -> Path:
-    """Download `file` to `dest` via a temporary name, trying each URL in turn; verify; rename."""
+    """Download `file` to `dest` via a temporary name, trying each URL in turn; verify; rename.
+
+    A mirror whose answer fails verification (an HTML page, a truncated body, the
+    wrong size or checksum) is skipped like an unreachable one; if every mirror
+    fails and at least one answered with a bad file, WeightsVerificationError
+    lists them all. `dest` is only ever replaced by a file that passed.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
+    errors, bad_content = [], False
     for url in file.urls:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                total = response.length if response.length is not None else file.size
+                announced = response.length  # http.client counts .length down as the body is read
+                total = announced if announced is not None else file.size
                 done = 0
                 for chunk in iter(lambda: response.read(DOWNLOAD_CHUNK), b""):
                     out.write(chunk)
@@ -211,30 +282,43 @@ def download_file(file: WeightsFile, dest: Path, progress: Optional[ProgressFn] 
                         progress(done, total)
                 out.flush()
                 os.fsync(out.fileno())
+            if announced is not None and done != announced:
+                raise WeightsVerificationError(f"{url}: got {done} of {announced} bytes (connection cut)")
             verify(file, tmp_name)
             os.replace(tmp_name, dest)
             return dest
-        except WeightsVerificationError:
-            os.unlink(tmp_name)
-            raise
+        except WeightsVerificationError as exc:
+            bad_content = True
+            errors.append(f"{url}: {str(exc).replace(tmp_name, 'download')}")
         except Exception as exc:  # network errors: try the next mirror
             errors.append(f"{url}: {exc}")
+        finally:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
-    raise WeightsUnavailableError(
+    kind = WeightsVerificationError if bad_content else WeightsUnavailableError
+    raise kind(
         f"could not download {dest.name}:\n  " + "\n  ".join(errors)
         + f"\nOn an offline machine, copy the file to {dest} by hand."
     )
 
 
-def download(name: str, directory: Optional[os.PathLike | str] = None, progress: Optional[ProgressFn] = None) -> list[Path]:
-    """Download every missing file of `name`; files already present are verified, not fetched again."""
+def download(name: str, directory: Optional[os.PathLike | str] = None, progress: Optional[ProgressFn] = None,
+             force: bool = False) -> list[Path]:
+    """Download every missing file of `name`; files already present are verified, not fetched again.
+
+    A present file that fails verification raises WeightsVerificationError naming
+    its path and the `--force` command; `force=True` fetches every file again
+    (each replaced only once its verified download is complete).
+    """
     entry = get_entry(name)
     paths = []
     for file in entry.files:
         dest = expected_path(entry, file, directory)
-        if dest.is_file():
-            verify(file, dest)
+        if dest.is_file() and not force:
+            try:
+                verify(file, dest)
+            except WeightsVerificationError as exc:
+                raise WeightsVerificationError(f"{exc}\n{force_hint(name)}") from None
         else:
             download_file(file, dest, progress)
         paths.append(dest)

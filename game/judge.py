@@ -128,8 +128,9 @@ def model_files(directory: Optional[str] = None) -> list[dict]:
 
 
 def download_model(name: str, directory: Optional[str] = None,
-                   progress: Optional[Callable[[int, Optional[int]], None]] = None) -> list[str]:
-    """Download (or verify, if present) every file of a registered model."""
+                   progress: Optional[Callable[[int, Optional[int]], None]] = None,
+                   force: bool = False) -> list[str]:
+    """Download (or verify, if present) every file of a registered model; `force` fetches them again."""
     from engine import weights
     if name not in weights.REGISTRY:
         raise AdminError(f"unknown model {name!r}; known models: {', '.join(sorted(weights.REGISTRY))}")
@@ -142,6 +143,6 @@ def download_model(name: str, directory: Optional[str] = None,
         raise AdminError(f"cannot write to the models folder {target}: {exc} "
                          f"(set CAPTIONARY_MODELS_DIR to a writable folder)") from exc
     try:
-        return [str(p) for p in weights.download(name, directory, progress)]
+        return [str(p) for p in weights.download(name, directory, progress, force=force)]
     except (weights.WeightsUnavailableError, weights.WeightsVerificationError) as exc:
         raise AdminError(str(exc)) from exc

@@ -363,8 +363,9 @@ def models_list():
 
 @models.command("download")
 @click.argument("name")
+@click.option("--force", is_flag=True, help="Fetch every file again, replacing files already there once verified.")
 @admin_errors
-def models_download(name):
+def models_download(name, force):
     """Download and verify the weights of NAME."""
     state = {"bar": None, "done": 0}
 
@@ -376,7 +377,7 @@ def models_download(name):
         state["done"] = done
 
     try:
-        paths = download_model(name, _models_dir(), progress)
+        paths = download_model(name, _models_dir(), progress, force=force)
     finally:
         if state["bar"] is not None:
             state["bar"].__exit__(None, None, None)

@@ -158,9 +158,37 @@ def test_bad_yaml_is_a_clear_error(tmp_path):
     (tmp_path / "empty.yaml").write_text("model:\n  params: {}\n")
     with pytest.raises(VQGANCheckpointError, match="ddconfig lacks"):
         read_config(tmp_path / "empty.yaml")
-    write_yaml(tmp_path / "gumbel.yaml", target="taming.models.vqgan.GumbelVQ")
+    write_yaml(tmp_path / "other.yaml", target="taming.models.vqgan.VQSegmentationModel")
     with pytest.raises(VQGANCheckpointError, match="not supported"):
+        read_config(tmp_path / "other.yaml")
+
+
+def test_gumbel_checkpoints_are_refused_by_name_with_the_ones_that_work(tmp_path, monkeypatch):
+    write_yaml(tmp_path / "gumbel.yaml", target="taming.models.vqgan.GumbelVQ")
+    with pytest.raises(VQGANCheckpointError) as info:
         read_config(tmp_path / "gumbel.yaml")
+    message = str(info.value)
+    assert "Gumbel quantizer" in message and "GumbelVQ" in message
+    assert "vqgan_imagenet_f16_16384" in message and "wikiart_16384" in message
+    # A Gumbel state dict under a VQModel yaml (a mislabelled copy) is named too, not "missing keys".
+    source = tiny_source(tmp_path)
+    write_lightning_ckpt(tmp_path / "last.ckpt", source, monkeypatch,
+                         extra_state={"quantize.proj.weight": torch.zeros(256, 32, 1, 1),
+                                      "quantize.embed.weight": torch.zeros(256, 4)})
+    with pytest.raises(VQGANCheckpointError, match=r"quantize.proj.weight.*Gumbel quantizer.*vqgan_imagenet"):
+        load_files(tmp_path / "model.yaml", tmp_path / "last.ckpt")
+
+
+def test_bad_registry_checkpoint_names_its_path_and_the_force_download(tmp_path):
+    folder = tmp_path / "vqgan_imagenet_f16_16384"
+    folder.mkdir()
+    write_yaml(folder / "model.yaml")
+    (folder / "last.ckpt").write_bytes(b"<!DOCTYPE html><html><body>Link expired</body></html>")
+    with pytest.raises(VQGANCheckpointError) as info:
+        load_vqgan("vqgan_imagenet_f16_16384", models_dir=tmp_path)
+    message = str(info.value)
+    assert str(folder / "last.ckpt") in message
+    assert "models download vqgan_imagenet_f16_16384 --force" in message
 
 
 class _Exploit:

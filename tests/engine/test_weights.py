@@ -11,10 +11,10 @@ from engine import weights
 def entry_factory():
     created = []
 
-    def make(urls, size=None, sha256=None, name="test-weights"):
+    def make(urls, size=None, sha256=None, name="test-weights", format=None):
         entry = weights.register(weights.WeightsEntry(
             name=name, kind="clip", description="test weights",
-            files=(weights.WeightsFile("model.bin", tuple(urls), size, sha256),)))
+            files=(weights.WeightsFile("model.bin", tuple(urls), size, sha256, format),)))
         created.append(name)
         return entry
 
@@ -88,3 +88,80 @@ def test_models_dir_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("CAPTIONARY_MODELS_DIR", str(tmp_path / "env"))
     assert weights.models_dir() == Path(tmp_path / "env")
     assert weights.models_dir(tmp_path / "explicit") == Path(tmp_path / "explicit")
+
+
+def torch_bytes(tmp_path, name="good.ckpt"):
+    import torch
+    path = tmp_path / name
+    torch.save({"state_dict": {"w": torch.arange(4000, dtype=torch.float32)}}, path)
+    return path.read_bytes()
+
+
+HTML = b"<!DOCTYPE html>\n<html><head><title>Link expired</title></head><body>Please log in</body></html>\n"
+
+
+def test_html_page_never_lands_and_the_next_mirror_is_used(served, tmp_path, entry_factory):
+    root, base = served
+    good = torch_bytes(tmp_path)
+    (root / "expired.ckpt").write_bytes(HTML)
+    (root / "mirror.ckpt").write_bytes(good)
+    entry_factory([f"{base}/expired.ckpt", f"{base}/mirror.ckpt"], format="torch")
+    path = weights.download("test-weights", tmp_path / "models")[0]
+    assert path.read_bytes() == good
+    (root / "mirror.ckpt").write_bytes(HTML)  # now every mirror answers with the page
+    with pytest.raises(weights.WeightsVerificationError, match="HTML") as info:
+        weights.download("test-weights", tmp_path / "other")
+    assert "expired.ckpt" in str(info.value) and "mirror.ckpt" in str(info.value)
+    assert not any(p.is_file() for p in (tmp_path / "other").rglob("*"))
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda good: good[: len(good) // 2], "truncated or damaged"),
+    (lambda good: b"", "empty"),
+    (lambda good: b"PK\x03\x04" + b"\0" * 100, "truncated or damaged"),
+    (lambda good: b'{"error": "rate limited"}', "JSON"),
+])
+def test_damaged_checkpoints_are_refused_by_content(served, tmp_path, entry_factory, damage, fragment):
+    root, base = served
+    (root / "model.bin").write_bytes(damage(torch_bytes(tmp_path)))
+    entry_factory([f"{base}/model.bin"], format="torch")
+    with pytest.raises(weights.WeightsVerificationError, match=fragment):
+        weights.download("test-weights", tmp_path / "models")
+    assert not any(p.is_file() for p in (tmp_path / "models").rglob("*"))
+
+
+def test_bad_file_in_place_is_reported_and_force_replaces_it(served, tmp_path, entry_factory):
+    root, base = served
+    good = torch_bytes(tmp_path)
+    (root / "model.bin").write_bytes(good)
+    entry_factory([f"{base}/model.bin"], format="torch")
+    dest = tmp_path / "models" / "test-weights" / "model.bin"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(HTML)  # what an old downloader left behind
+    with pytest.raises(weights.WeightsVerificationError) as info:
+        weights.download("test-weights", tmp_path / "models")
+    assert str(dest) in str(info.value) and "models download test-weights --force" in str(info.value)
+    assert dest.read_bytes() == HTML  # not deleted behind the admin's back
+    (root / "model.bin").write_bytes(HTML)  # a forced download that fails keeps the old file
+    with pytest.raises(weights.WeightsVerificationError):
+        weights.download("test-weights", tmp_path / "models", force=True)
+    assert dest.read_bytes() == HTML
+    (root / "model.bin").write_bytes(good)
+    assert weights.download("test-weights", tmp_path / "models", force=True) == [dest]
+    assert dest.read_bytes() == good
+    assert not list(dest.parent.glob("*.partial"))
+
+
+def test_yaml_format_refuses_a_page(tmp_path):
+    file = weights.WeightsFile("model.yaml", ("http://unused",), format="yaml")
+    (tmp_path / "model.yaml").write_bytes(HTML)
+    with pytest.raises(weights.WeightsVerificationError, match="not a YAML config"):
+        weights.verify(file, tmp_path / "model.yaml")
+    (tmp_path / "model.yaml").write_text("model:\n  params: {embed_dim: 4}\n")
+    weights.verify(file, tmp_path / "model.yaml")
+
+
+def test_registry_files_declare_their_format():
+    for entry in weights.REGISTRY.values():
+        for file in entry.files:
+            assert file.format == ("yaml" if file.filename.endswith(".yaml") else "torch"), (entry.name, file)

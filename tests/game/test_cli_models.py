@@ -72,6 +72,26 @@ def test_models_download_checksum_mismatch_leaves_nothing(cli, served, tmp_path)
     assert not list((tmp_path / "models" / "cli-bad-weights").glob("*"))
 
 
+def test_models_download_force_replaces_a_page_saved_as_the_checkpoint(cli, served, tmp_path):
+    import torch
+    root, base = served
+    torch.save({"w": torch.ones(10)}, root / "last.ckpt")
+    made = weights.register(weights.WeightsEntry(
+        name="cli-healing-weights", kind="vqgan", description="a checkpoint",
+        files=(weights.WeightsFile("last.ckpt", (f"{base}/last.ckpt",), format="torch"),)))
+    dest = tmp_path / "models" / made.name / "last.ckpt"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"<html><body>Sign in to continue</body></html>")
+    try:
+        refused = cli("models", "download", made.name)
+        forced = cli("models", "download", made.name, "--force")
+    finally:
+        weights.REGISTRY.pop(made.name, None)
+    assert refused.exit_code == 1 and str(dest) in refused.output and "--force" in refused.output
+    assert forced.exit_code == 0, forced.output
+    assert dest.read_bytes() == (root / "last.ckpt").read_bytes()
+
+
 def test_models_download_offline_is_a_clear_error(cli, tmp_path):
     made = weights.register(weights.WeightsEntry(
         name="cli-offline-weights", kind="vqgan", description="unreachable",
