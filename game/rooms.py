@@ -149,7 +149,6 @@ class Rooms:
             raise ProtocolError("bad_field", f"a round lasts {ROUND_SECONDS[0]} to {ROUND_SECONDS[1]} seconds")
         if source not in SOURCES:
             raise ProtocolError("bad_field", f"the picture source is one of {', '.join(SOURCES)}")
-        nickname = self._nickname(pid, msg)
         self._limit(pid)
         pool = self.picture_pool(source)
         if len(pool) < rounds:
@@ -157,6 +156,7 @@ class Rooms:
                                                f"{'' if len(pool) == 1 else 's'}; choose at most {len(pool)} rounds "
                                                "or another source" if pool else
                                 f"{SOURCE_LABELS[source]} has no pictures yet; choose another source")
+        nickname = self._nickname(pid, msg)  # last: a refused room leaves the player's nickname as it was
         code = self.rooms.create(pid, rounds=rounds, seconds=seconds, source=source, pictures=pool)
         self.rooms.join(code, pid, public_id(pid), nickname)
         return {"type": "room_created", "room": code}
