@@ -285,7 +285,8 @@ def test_host_removes_hands_on_and_leaving_hands_on(app, archive, live_server, w
     assert host.ask({"type": "room_start", "room": code}, "error")["code"] == "not_host"
     # Bob's socket closes: after the grace, the role passes on by itself to who is still here.
     bob.close()
-    clock.advance(11)
+    wait_state(host, lambda s: not next(p for p in s["players"] if p["player"] == bob_pub)["online"])
+    clock.advance(11)  # after the server saw Bob go: the grace counts from then
     host_pub = next(p["player"] for p in state["players"] if p["nickname"] == "Hosty")
     assert wait_state(host, lambda s: s["host"] == host_pub)["host"] == host_pub
     # Leaving hands the role on at once (to Bob, the only other seat, though offline).
