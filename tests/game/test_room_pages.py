@@ -2,24 +2,6 @@
 page, the QR code and the round pictures (none before its round begins)."""
 from __future__ import annotations
 
-import io
-
-import pytest
-
-from tests.helpers.images import png_bytes
-
-
-@pytest.fixture
-def archive(app, seeded, clock):
-    """Yesterday's puzzles are revealed; today runs on three fresh targets."""
-    from PIL import Image
-    store, scorer = app.extensions["store"], app.extensions["scorer"]
-    clock.advance(days=1)
-    for i in range(3):
-        data = png_bytes((10 + 60 * i, 90, 20), size=(40, 40))
-        store.add_target("photo", data, scorer.embed_image(Image.open(io.BytesIO(data))), title=f"fresh {i}")
-    store.puzzles_for(store.today())
-    return seeded
 
 
 def create(client, **form):

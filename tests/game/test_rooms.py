@@ -12,20 +12,6 @@ from tests.helpers.images import png_bytes
 from tests.helpers.web import make_app, serving
 
 
-@pytest.fixture
-def archive(app, seeded, clock):
-    """Yesterday's three puzzles (two photos, one GAN) are revealed; today runs on three fresh targets."""
-    from PIL import Image
-    store, scorer = app.extensions["store"], app.extensions["scorer"]
-    clock.advance(days=1)
-    for i in range(3):
-        data = png_bytes((10 + 60 * i, 90, 20), size=(40, 40))
-        store.add_target("photo", data, scorer.embed_image(Image.open(io.BytesIO(data))), title=f"fresh {i}")
-    today = {p.target_id for p in store.puzzles_for(store.today())}
-    assert today.isdisjoint(p.target_id for p in seeded)
-    return seeded
-
-
 class Player(WSClient):
     """A WSClient that keeps the pushes it skipped while waiting for a reply: a room snapshot may be
     published (and arrive) before the reply to the action that caused it."""

@@ -123,6 +123,7 @@
                     reveal: "Round " + state.round + " revealed", over: "Game over" }[state.phase];
     $("phase").textContent = phase;
     $("stage").hidden = state.phase === "lobby";
+    $("room-form").hidden = state.phase !== "round";  // between rounds the reveal comes first
     $("invite").hidden = state.phase !== "lobby";
     if (state.picture && $("picture").getAttribute("src") !== state.picture) $("picture").src = state.picture;
     const seat = mySeat();
