@@ -7,7 +7,7 @@ environment (`CAPTIONARY_*` via `from_prefixed_env`, plus `REDIS_URL`), then
 web blueprints (game.web) and the commands (game.cli); nothing imports it
 but gunicorn, `flask --app game` and the tests. Shared clients are built once here and read through
 `current_app.extensions`: "redis", "store", "scorer", "judge", "game",
-"board_hub". Every module registers itself (blueprint or `init_app`), and
+"board_hub", "rooms", "room_hub". Every module registers itself (blueprint or `init_app`), and
 modules are imported inside the factory so importing `game` stays cheap and
 free of cycles.
 """
@@ -47,7 +47,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     game = Game(store, judge.scorer, max_caption_chars=app.config["MAX_CAPTION_CHARS"],
                 draft_rate=(app.config["DRAFT_RATE"], app.config["DRAFT_BURST"]),
                 submit_rate=(app.config["SUBMIT_RATE"], app.config["SUBMIT_BURST"]))
-    app.extensions.update(redis=client, store=store, scorer=judge.scorer, judge=judge, game=game)
+    from game.rooms import Rooms
+    from game.store.rooms import RoomLimits
+    rooms = Rooms(game, RoomLimits(max_players=app.config["ROOM_MAX_PLAYERS"],
+                                   max_spectators=app.config["ROOM_MAX_SPECTATORS"]))
+    app.extensions.update(redis=client, store=store, scorer=judge.scorer, judge=judge, game=game, rooms=rooms)
 
     if app.config["IMPORT_STARTER_PHOTOS"]:
         from game import photos
@@ -55,8 +59,10 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from game.cli import play
     from game.web import api, connlimits, pages, ws
+    from game.web import rooms as room_pages
     connlimits.init_app(app)  # before the pages and /ws, which read its limits
     pages.init_app(app)
+    room_pages.init_app(app)  # Play with friends: /rooms/...
     api.init_app(app)
     ws.init_app(app)
     play.init_app(app)

@@ -10,6 +10,7 @@ is testable without sockets. Messages are JSON objects with a `type`:
   submit {puzzle, caption, seq?}             result {puzzle, score, best, rank, submissions_left, ...}
   subscribe {puzzles: [...]}                 subscribed {puzzles}, then board {...} now and on change
   hint {puzzle}                              hint {puzzle, word}
+  room_* (Play with friends)                 see game/rooms.py
   ping                                       pong
   any mistake                                error {code, message, seq?}   (socket stays open)
 """
@@ -25,7 +26,14 @@ from typing import Optional
 from engine.embeddings import LRUCache
 from game import puzzles as pz
 
-CLIENT_TYPES = ("hello", "draft", "submit", "subscribe", "hint", "ping")
+# Room messages ("Play with friends") are validated here like the others; game/rooms.py runs them.
+ROOM_TYPES = ("room_create", "room_join", "room_draft", "room_lock", "room_start", "room_next", "room_skip",
+              "room_kick", "room_host", "room_leave", "room_again")
+CLIENT_TYPES = ("hello", "draft", "submit", "subscribe", "hint", "ping") + ROOM_TYPES
+ROOM_REQUIRED = {"room_join": ("room",), "room_draft": ("seq", "room", "round", "caption"),
+                 "room_lock": ("room", "round", "caption"), "room_start": ("room",), "room_next": ("room",),
+                 "room_skip": ("room", "round"), "room_kick": ("room", "player"), "room_host": ("room", "player"),
+                 "room_leave": ("room",), "room_again": ("room",)}
 MAX_SUBSCRIPTIONS = 16
 BOARD_LIMIT = 20
 PUZZLE_CACHE_S = 5.0
@@ -80,15 +88,18 @@ def validate_message(msg) -> dict:
         shown = str(kind)[:40]
         raise ProtocolError("unknown_type", f"unknown message type {shown!r}; known: {', '.join(CLIENT_TYPES)}", seq)
     required = {"draft": ("seq", "puzzle", "caption"), "submit": ("puzzle", "caption"),
-                "hint": ("puzzle",), "subscribe": ("puzzles",)}.get(kind, ())
+                "hint": ("puzzle",), "subscribe": ("puzzles",), **ROOM_REQUIRED}.get(kind, ())
     for field in required:
         if field not in msg:
             raise ProtocolError("missing_field", f"a {kind} message needs \"{field}\"", seq)
-    if kind == "draft" and not _is_seq(msg["seq"]):
+    if kind in ("draft", "room_draft") and not _is_seq(msg["seq"]):
         raise ProtocolError("bad_field", "\"seq\" must be a non-negative whole number")
-    for field in ("puzzle", "caption"):
+    for field in ("puzzle", "caption", "room", "player", "nickname", "source"):
         if field in msg and not isinstance(msg[field], str):
             raise ProtocolError("bad_field", f"\"{field}\" must be a string", seq)
+    for field in ("round", "rounds", "seconds"):
+        if field in msg and not _is_seq(msg[field]):
+            raise ProtocolError("bad_field", f"\"{field}\" must be a non-negative whole number", seq)
     if kind == "subscribe":
         puzzles = msg["puzzles"]
         if not isinstance(puzzles, list) or not all(isinstance(p, str) for p in puzzles):
@@ -200,12 +211,15 @@ class Game:
             raise ProtocolError("bad_caption", str(exc), seq) from None
 
     def _score(self, player_id: str, puzzle, caption: str, seq=None) -> float:
+        # stream = player + puzzle: consecutive drafts share a prefix, whose cached keys/values
+        # the scorer reuses so a keystroke costs a few tokens, not a whole caption.
+        return self.score_target(puzzle.target_id, caption, f"{player_id}:{puzzle.id}", seq)
+
+    def score_target(self, target_id: str, caption: str, stream: str, seq=None) -> float:
+        """A tokenized caption's score against a target, on a scorer stream (a daily puzzle's or a room round's)."""
         from engine.scorer import CaptionError, ScorerBusyError
         try:
-            # stream = player + puzzle: consecutive drafts share a prefix, whose cached keys/values
-            # the scorer reuses so a keystroke costs a few tokens, not a whole caption.
-            return float(self.scorer.score(caption, self.embedding(puzzle.target_id),
-                                           stream=f"{player_id}:{puzzle.id}"))
+            return float(self.scorer.score(caption, self.embedding(target_id), stream=stream))
         except ScorerBusyError:
             raise ProtocolError("busy", "the judge is busy right now; your draft was not scored, try again", seq)
         except CaptionError as exc:

@@ -4,7 +4,8 @@
 free 127.0.0.1 port with the tiny random CLIP and a shared REDIS_URL, waits for
 /healthz, and stops it (SIGTERM, then SIGKILL) on exit. `seed_today` puts three
 targets in the pool and freezes today's puzzles on the real clock (the servers run
-on the real clock, not the tests' settable one). The settings are
+on the real clock, not the tests' settable one); `seed_revealed_day` gives rooms a finished day to draw pictures
+from. The settings are
 harness.settings, as CAPTIONARY_* variables; players connect with
 harness.client.WSClient.player. Imported by tests/ and by bench/.
 """
@@ -126,3 +127,24 @@ def seed_today(redis_client, embed_dim: int, n: int = 3, model_id: str = MODEL_I
         vec = rng.standard_normal(embed_dim).astype(np.float32)
         store.add_target("photo", buf.getvalue(), vec / np.linalg.norm(vec), title=f"seed {i}")
     return [p.id for p in store.freeze_day(store.today())]
+
+
+def seed_revealed_day(redis_client, embed_dim: int, n: int = 3, model_id: str = MODEL_ID) -> list[str]:
+    """For rooms: n targets shown on yesterday's (finished) puzzle day, and n fresh ones for today's
+    (real clock); returns yesterday's target ids, the pictures a room of source "archive" may show."""
+    import numpy as np
+    from PIL import Image
+    from game.store import RedisClock, Store
+    now = RedisClock(redis_client)
+    today = Store(redis_client, model_id, puzzles_per_day=n)
+    yesterday = Store(redis_client, model_id, puzzles_per_day=n, clock=lambda: now() - 86400)
+    rng = np.random.default_rng(1)
+    for i in range(2 * n):
+        if i == n:  # the first n make up yesterday; today's set then skips them (recently shown)
+            shown = [p.target_id for p in yesterday.freeze_day(yesterday.today())]
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), (30 * i, 200 - 20 * i, 90)).save(buf, "PNG")
+        vec = rng.standard_normal(embed_dim).astype(np.float32)
+        today.add_target("photo", buf.getvalue(), vec / np.linalg.norm(vec), title=f"room picture {i}")
+    today.freeze_day(today.today())
+    return shown

@@ -25,7 +25,8 @@ The layers, bottom to top:
   2 store       game.store: all state in Redis (the Store, targets, the
                 embedded redis-server, backups, the Lua scripts).
   3 service     game.service: the game a player talks to (drafts, submissions,
-                boards, message validation) over the store and the judge.
+                boards, message validation) over the store and the judge; and
+                game.rooms, Play with friends over the same (it uses game.service).
   3 generation  game.generation: the job queue, heartbeats, the generation
                 service and the worker process. A sibling of the game service.
   4 web         game.web: Flask blueprints over the service, the store and the
@@ -55,7 +56,7 @@ LAYERS = [
                    "game.judge",
                    "game.skeleton")),  # nickname look-alike skeletons (arrives with branch fix/names)
     ("store", 2, ("game.store",)),
-    ("service", 3, ("game.service",)),
+    ("service", 3, ("game.service", "game.rooms")),  # the daily game and Play with friends
     ("generation", 3, ("game.generation",)),
     ("web", 4, ("game.web",)),
     ("cli", 4, ("game.cli",)),

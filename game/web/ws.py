@@ -7,7 +7,8 @@ arrive while a draft is being scored are read as one batch; drafts overtaken
 by a newer draft in the batch get `dropped` instead of a score. Board pushes
 arrive from Redis pub/sub through `BoardHub`: one subscriber thread per
 process fans out to this process's sockets, so a submission on any web
-process reaches every browser watching that puzzle.
+process reaches every browser watching that puzzle. Room messages (`room_*`) go to
+game/web/rooms.py, whose room hub is a second BoardHub on the rooms' channels.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from wsproto.events import TextMessage
 from game.service import ProtocolError, error, parse_message
 from game.store.server import is_out_of_memory
 from game.web.connlimits import RENEW_S, TooManyConnections, client_address, count_refusal
+from game.web import rooms as room_ws
 from game.web.security import FrameBudget, origin_allowed
 
 log = logging.getLogger("captionary.ws")
@@ -60,6 +62,7 @@ class Connection:
                  renew=None, renew_every: float = 30.0):
         self.ws, self.player_id = ws, player_id
         self.puzzles: set[str] = set()  # subscribed boards
+        self.room_codes: set[str] = set()  # the room this socket joined (its channel in the room hub)
         self.streams: set[str] = set()  # scorer streams this socket drafted on (freed on close)
         self.closing = False  # a close was queued (or the client abandoned): nothing more is queued
         self.abandoned = False
@@ -195,8 +198,10 @@ class BoardHub:
     once the last watcher has gone.
     """
 
-    def __init__(self, redis_client, pattern: str, channel_for):
-        self.redis, self.pattern, self.channel_for = redis_client, pattern, channel_for
+    def __init__(self, redis_client, pattern: str, channel_for, attr: str = "puzzles"):
+        # attr: the Connection's set of ids this hub fans out for (boards: puzzles; rooms: room_codes),
+        # so one socket may watch boards and sit in a room through two hubs.
+        self.redis, self.pattern, self.channel_for, self.attr = redis_client, pattern, channel_for, attr
         self._lock = threading.Lock()
         self._by_channel: dict[str, set[Connection]] = {}
         self._thread = None
@@ -205,10 +210,11 @@ class BoardHub:
     def subscribe(self, conn: Connection, puzzle_ids) -> None:
         with self._lock:
             self._drop(conn)
-            conn.puzzles = set(puzzle_ids)
-            for pid in conn.puzzles:
+            ids = set(puzzle_ids)
+            setattr(conn, self.attr, ids)
+            for pid in ids:
                 self._by_channel.setdefault(self.channel_for(pid), set()).add(conn)
-            if conn.puzzles and self._thread is None:
+            if ids and self._thread is None:
                 self._ready = threading.Event()
                 self._thread = threading.Thread(target=self._run, args=(self._ready,),
                                                 name="captionary-board-hub", daemon=True)
@@ -221,15 +227,20 @@ class BoardHub:
         with self._lock:
             self._drop(conn)
 
+    def channels(self) -> list[str]:
+        """The channels some socket of this process watches now."""
+        with self._lock:
+            return list(self._by_channel)
+
     def _drop(self, conn: Connection) -> None:
-        for pid in conn.puzzles:
+        for pid in getattr(conn, self.attr):
             channel = self.channel_for(pid)
             watchers = self._by_channel.get(channel)
             if watchers is not None:
                 watchers.discard(conn)
                 if not watchers:
                     del self._by_channel[channel]
-        conn.puzzles = set()
+        setattr(conn, self.attr, set())
 
     def _idle(self) -> bool:
         """True (and the thread is forgotten) when nobody watches; call with the lock held."""
@@ -358,6 +369,7 @@ def websocket(ws):
         if drain is not None:
             drain.closed(conn)
         hub.remove(conn)
+        room_ws.socket_closed(app, conn)
         conn.finish()  # queued replies go out (briefly) before flask-sock closes the socket
         scorer = app.extensions["scorer"]
         for stream in conn.streams:  # a closed socket's cached prefixes are dead weight
@@ -372,13 +384,14 @@ def handle_batch(game, hub, conn: Connection, frames, max_bytes: int):
             parsed.append(parse_message(raw, max_bytes))
         except ProtocolError as exc:
             parsed.append(exc)
-    last_draft = max((i for i, m in enumerate(parsed) if isinstance(m, dict) and m["type"] == "draft"),
-                     default=-1)
+    # The newest draft of each kind (a puzzle's, a room's) is scored; older ones in the batch are dropped.
+    last_draft = {m["type"]: i for i, m in enumerate(parsed)
+                  if isinstance(m, dict) and m["type"] in ("draft", "room_draft")}
     for i, msg in enumerate(parsed):
         if isinstance(msg, ProtocolError):
             yield msg.reply()
             continue
-        if msg["type"] == "draft" and i != last_draft:
+        if msg["type"] in last_draft and i != last_draft[msg["type"]]:
             yield {"type": "dropped", "seq": msg["seq"]}
             continue
         try:
@@ -402,6 +415,8 @@ def handle_batch(game, hub, conn: Connection, frames, max_bytes: int):
 
 def dispatch(game, hub, conn: Connection, msg: dict) -> dict:
     kind = msg["type"]
+    if kind.startswith("room_"):
+        return room_ws.dispatch(current_app, conn, msg)
     if kind == "draft":
         reply = game.draft(conn.player_id, msg)
         conn.streams.add(f"{conn.player_id}:{reply['puzzle']}")  # the stream key Game.draft scored on
@@ -428,5 +443,6 @@ def init_app(app) -> None:
     # Model ids can hold glob characters (a checkpoint file name): escape them in the pattern.
     prefix = re.sub(r"([\\*?\[\]])", r"\\\1", store.board_channel(""))
     app.extensions["board_hub"] = BoardHub(app.extensions["redis"], prefix + "*", store.board_channel)
+    room_ws.init_hub(app, BoardHub)
     sock.init_app(app)
     app.register_blueprint(bp)

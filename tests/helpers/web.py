@@ -1,5 +1,5 @@
 """Fixtures for the web tests: an app on the tiny CLIP and the session's real Redis, seeded
-targets, a real threaded server on 127.0.0.1, and websocket clients (harness.client.WSClient).
+targets (and a revealed day of them for rooms), a real threaded server on 127.0.0.1, and websocket clients (harness.client.WSClient).
 
 tests/conftest.py registers this module as a pytest plugin, so its fixtures apply
 to every test; import the plain helpers by name (`from tests.helpers.web import
@@ -66,6 +66,21 @@ def seeded(app):
     puzzles = store.puzzles_for(store.today())
     assert len(puzzles) == 3
     return puzzles
+
+
+@pytest.fixture
+def archive(app, seeded, clock):
+    """For rooms: `seeded`'s day is over (revealed: two photos, one GAN); today runs on three fresh targets."""
+    from PIL import Image
+    import io
+    store, scorer = app.extensions["store"], app.extensions["scorer"]
+    clock.advance(days=1)
+    for i in range(3):
+        data = png_bytes((10 + 60 * i, 90, 20), size=(40, 40))
+        store.add_target("photo", data, scorer.embed_image(Image.open(io.BytesIO(data))), title=f"fresh {i}")
+    today = {p.target_id for p in store.puzzles_for(store.today())}
+    assert today.isdisjoint(p.target_id for p in seeded)
+    return seeded
 
 
 def player_cookie(test_client) -> str:

@@ -1,0 +1,331 @@
+"""Play with friends: the room protocol over real websockets (werkzeug threads, real Redis, tiny CLIP),
+every action and every bad one, plus the store's throttle and what rooms must never touch."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from harness.client import WSClient, new_player_cookie
+from tests.helpers.images import png_bytes
+from tests.helpers.web import make_app, serving
+
+
+class Player(WSClient):
+    """A WSClient that keeps the pushes it skipped while waiting for a reply: a room snapshot may be
+    published (and arrive) before the reply to the action that caused it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backlog: list[dict] = []
+
+    def recv_until(self, kind: str, limit: int = 200) -> dict:
+        for _ in range(limit):
+            msg = self.recv()
+            if msg.get("type") == kind:
+                return msg
+            self.backlog.append(msg)
+        raise AssertionError(f"no {kind} message in {limit} messages")
+
+
+@pytest.fixture
+def ws_connect(live_server):
+    """Players connected as browsers (GET / for the cookie, same Origin), keeping skipped pushes."""
+    opened = []
+
+    def connect(cookie=None):
+        cookie = cookie or new_player_cookie(live_server.url)
+        opened.append(Player(live_server.url, cookie, live_server.url))
+        return opened[-1], cookie
+
+    yield connect
+    for ws in opened:
+        ws.close()
+
+
+def wait_state(ws, check=lambda s: True, limit=200) -> dict:
+    """The next `room` snapshot that passes `check`, from the skipped pushes first (older ones are dropped)."""
+    backlog = getattr(ws, "backlog", [])
+    while backlog:
+        msg = backlog.pop(0)
+        if msg.get("type") == "room" and check(msg):
+            return msg
+    for _ in range(limit):
+        msg = ws.recv()
+        if msg.get("type") == "room" and check(msg):
+            return msg
+    raise AssertionError("no such room state")
+
+
+def join(ws, code, nickname) -> dict:
+    ws.send({"type": "room_join", "room": code, "nickname": nickname})
+    joined = ws.recv_until("room_joined")
+    wait_state(ws)
+    return joined
+
+
+def test_create_join_play_two_rounds_to_the_podium(app, archive, ws_connect, clock):
+    store = app.extensions["store"]
+    host, host_cookie = ws_connect()
+    created = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 2, "seconds": 60, "source": "archive"})
+    assert created["type"] == "room_created" and len(created["room"]) == 5
+    code = created["room"]
+    assert join(host, code, "Hosty")["you"]["host"] is True
+    ann, _ = ws_connect()
+    bob, _ = ws_connect()
+    join(ann, code, "Ann")
+    joined = join(bob, code, "Bob")
+    assert joined["resumed"] is False and joined["you"]["role"] == "player"
+
+    host.ask({"type": "room_start", "room": code}, "room_done")
+    state = wait_state(ann, lambda s: s["phase"] == "round")
+    assert state["round"] == 1 and state["ends_at"] - state["now"] <= 60_000
+    assert state["picture"].endswith("-1.png") and len(state["players"]) == 3
+
+    # Drafts: the drafter gets its score; others get bars keyed by public id, never the text.
+    score = ann.ask({"type": "room_draft", "seq": 1, "room": code, "round": 1, "caption": "a secret red square"},
+                    "room_score")
+    assert score["round"] == 1 and -1 <= score["score"] <= 1
+    ann_pub = next(p["player"] for p in state["players"] if p["nickname"] == "Ann")
+    bars = bob.recv_until("room_bars")
+    assert bars["bars"][ann_pub] == pytest.approx(score["score"], abs=1e-5)
+    assert "secret" not in json.dumps(bars)
+
+    # Lock-ins; when every player has locked in, the round ends at once with the reveal.
+    for ws, caption in ((host, "a green field"), (ann, "a red square"), (bob, "blue sky")):
+        locked = ws.ask({"type": "room_lock", "room": code, "round": 1, "caption": caption}, "room_locked")
+        assert locked["caption"] == caption
+    reveal = wait_state(bob, lambda s: s["phase"] == "reveal")
+    entries = reveal["result"]["entries"]
+    assert [e["rank"] for e in entries] == [1, 2, 3]
+    assert [e["score"] for e in entries] == sorted((e["score"] for e in entries), reverse=True)
+    assert [e["points"] for e in entries] == [30, 20, 10]
+    assert {e["caption"] for e in entries} == {"a green field", "a red square", "blue sky"}
+    totals = {p["nickname"]: p["total"] for p in reveal["players"]}
+    assert sorted(totals.values()) == [10, 20, 30]
+
+    # Round 2 ends on the server's clock: nobody locks in, the time runs out.
+    host.ask({"type": "room_next", "room": code}, "room_done")
+    wait_state(host, lambda s: s["phase"] == "round" and s["round"] == 2)
+    ann.ask({"type": "room_draft", "seq": 2, "room": code, "round": 2, "caption": "a tree"}, "room_score")
+    ann.ask({"type": "room_draft", "seq": 3, "room": code, "round": 2, "caption": "a tree"}, "room_score")
+    clock.advance(61)
+    over = wait_state(host, lambda s: s["phase"] == "over")
+    assert [e["nickname"] for e in over["result"]["entries"]] == ["Ann"]  # only Ann wrote anything
+    podium = over["podium"]
+    assert [p["rank"] for p in podium] == [1, 2, 3]
+    assert podium[0]["total"] >= podium[1]["total"] >= podium[2]["total"]
+
+    # Play again: same people, totals cleared, back in the lobby.
+    host.ask({"type": "room_again", "room": code}, "room_done")
+    again = wait_state(bob, lambda s: s["phase"] == "lobby")
+    assert again["game"] == 2 and all(p["total"] == 0 for p in again["players"]) and len(again["players"]) == 3
+
+    # Rooms never touch the daily game: no ranked submission, no caps used, no log.
+    for puzzle in store.puzzles_for(store.today()):
+        assert store.board_size(puzzle.id) == 0
+    assert not list(store.r.scan_iter(match="cap:m:*:day:*:log"))
+    assert not list(store.r.scan_iter(match="cap:m:*:pz:*:count"))
+
+
+def test_gan_reveal_shows_the_machines_prompt_and_score(app, archive, ws_connect):
+    host, _ = ws_connect()
+    code = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 1, "seconds": 30, "source": "gan"})["room"]
+    join(host, code, "Hosty")
+    host.ask({"type": "room_start", "room": code}, "room_done")
+    host.ask({"type": "room_lock", "room": code, "round": 1, "caption": "a raccoon"}, "room_locked")
+    over = wait_state(host, lambda s: s["phase"] == "over")
+    assert over["result"]["kind"] == "gan"
+    assert over["result"]["prompt"] == "a raccoon driving a tractor"
+    assert isinstance(over["result"]["machine_score"], float)
+
+
+def test_sources_never_offer_a_running_day_or_an_unseen_target(app, seeded, ws_connect):
+    """Today is still running and nothing else was shown: no source has a picture to offer."""
+    rooms = app.extensions["rooms"]
+    assert rooms.source_counts() == {"archive": 0, "photos": 0, "gan": 0}
+    host, _ = ws_connect()
+    reply = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 1, "seconds": 30, "source": "archive"})
+    assert reply["type"] == "error" and reply["code"] == "no_pictures"
+
+
+def test_bad_room_actions_get_clear_errors_and_change_nothing(app, archive, ws_connect, clock):
+    host, _ = ws_connect()
+    ann, _ = ws_connect()
+    code = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 2, "seconds": 30})["room"]
+    join(host, code, "Hosty")
+
+    def err(ws, msg):
+        reply = ws.ask(msg, "error")
+        assert reply["message"]
+        return reply["code"]
+
+    # Unknown codes, malformed or well-formed.
+    assert err(ann, {"type": "room_join", "room": "nope!", "nickname": "Ann"}) == "unknown_room"
+    missing = "ZZZZZ" if code != "ZZZZZ" else "YYYYY"
+    assert err(ann, {"type": "room_join", "room": missing, "nickname": "Ann"}) == "unknown_room"
+    # Fields checked like every other message.
+    assert err(ann, {"type": "room_join"}) == "missing_field"
+    assert err(ann, {"type": "room_draft", "seq": 1, "room": code, "round": "1", "caption": "x"}) == "bad_field"
+    assert err(ann, {"type": "room_create", "nickname": "Ann", "rounds": 0}) == "bad_field"
+    assert err(ann, {"type": "room_create", "nickname": "Ann", "seconds": 5}) == "bad_field"
+    assert err(ann, {"type": "room_create", "nickname": "Ann", "source": "tomorrow"}) == "bad_field"
+    assert err(ann, {"type": "room_join", "room": code, "nickname": "\u200bAnn"}) == "bad_nickname"
+    assert err(ann, {"type": "room_join", "room": code, "nickname": "hosty"}) == "nickname_taken"
+    join(ann, code, "Ann")
+    # Double join on one connection.
+    assert err(ann, {"type": "room_join", "room": code, "nickname": "Ann"}) == "already_joined"
+    # Only the host starts, skips, removes, hands on.
+    assert err(ann, {"type": "room_start", "room": code}) == "not_host"
+    assert ann.ask({"type": "ping"})["type"] == "pong"  # the socket stays open through mistakes
+    assert err(ann, {"type": "room_kick", "room": code, "player": "abc"}) == "not_host"
+    # No round yet: drafts and next are refused.
+    assert err(ann, {"type": "room_draft", "seq": 1, "room": code, "round": 1, "caption": "x y"}) == "stale_round"
+    assert err(host, {"type": "room_next", "room": code}) == "bad_phase"
+    host.ask({"type": "room_start", "room": code}, "room_done")
+    assert err(host, {"type": "room_start", "room": code}) == "bad_phase"
+    # A stale round number, and a skip of a round that is not running.
+    assert err(ann, {"type": "room_draft", "seq": 2, "room": code, "round": 2, "caption": "a cat"}) == "stale_round"
+    assert err(host, {"type": "room_skip", "room": code, "round": 2}) == "stale_round"
+    # A spoofed timer: whatever the client claims, the server's clock says the round is over.
+    clock.advance(31)
+    spoof = {"type": "room_draft", "seq": 3, "room": code, "round": 1, "caption": "late caption",
+             "ends_at": 10 ** 13, "now": 0, "time_left": 30}
+    assert err(ann, spoof) in ("round_over", "no_round")
+    assert err(ann, {"type": "room_lock", "room": code, "round": 1, "caption": "late", "ends_at": 10 ** 13}) \
+        in ("round_over", "no_round")
+    reveal = wait_state(ann, lambda s: s["phase"] == "reveal")
+    assert reveal["result"]["entries"] == []  # nothing late counted
+
+
+def test_full_room_spectators_and_late_joiners(tmp_path, redis_url, redis_client, clock):
+    app = make_app(tmp_path, redis_url, clock, ROOM_MAX_PLAYERS=2, ROOM_MAX_SPECTATORS=1)
+    _archive_for(app, clock)
+    with serving(app) as server:
+        people = [Player.player(server.url) for _ in range(5)]
+        try:
+            host, ann, bob, cat, dan = people
+            code = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 2, "seconds": 30})["room"]
+            join(host, code, "Hosty")
+            host.ask({"type": "room_start", "room": code}, "room_done")
+            # Ann joins late: she has a seat but plays from round 2.
+            you = join(ann, code, "Ann")["you"]
+            assert (you["role"], you["from"]) == ("player", 2)
+            late = ann.ask({"type": "room_draft", "seq": 1, "room": code, "round": 1, "caption": "a cat"}, "error")
+            assert late["code"] == "not_playing"
+            # Seats full (2 players): Bob watches; a watcher cannot play.
+            assert join(bob, code, "Bob")["you"]["role"] == "spectator"
+            assert bob.ask({"type": "room_draft", "seq": 1, "room": code, "round": 1, "caption": "a cat"},
+                           "error")["code"] == "not_playing"
+            # Players and watchers full: refused.
+            cat.send({"type": "room_join", "room": code, "nickname": "Cat"})
+            assert cat.recv_until("error")["code"] == "room_full"
+            host.ask({"type": "room_skip", "room": code, "round": 1}, "room_done")
+            skipped = wait_state(host, lambda s: s["phase"] == "reveal")
+            assert skipped["result"]["skipped"] is True
+            host.ask({"type": "room_next", "room": code}, "room_done")
+            wait_state(ann, lambda s: s["round"] == 2)
+            assert ann.ask({"type": "room_draft", "seq": 2, "room": code, "round": 2, "caption": "a cat"},
+                           "room_score")["round"] == 2
+            assert dan.ask({"type": "ping"})["type"] == "pong"
+        finally:
+            for ws in people:
+                ws.close()
+
+
+def _archive_for(app, clock):
+    """`archive` for an app built inside a test: a revealed day of three pictures, today on fresh ones."""
+    from PIL import Image
+    store, scorer = app.extensions["store"], app.extensions["scorer"]
+    for i in range(6):
+        if i == 3:
+            store.puzzles_for(store.today())
+            clock.advance(days=1)
+        data = png_bytes((20 + 35 * i, 80, 140), size=(40, 40))
+        store.add_target("photo", data, scorer.embed_image(Image.open(io.BytesIO(data))), title=f"t{i}")
+    store.puzzles_for(store.today())
+
+
+def test_host_removes_hands_on_and_leaving_hands_on(app, archive, live_server, ws_connect, clock):
+    host, _ = ws_connect()
+    ann, ann_cookie = ws_connect()
+    bob, _ = ws_connect()
+    code = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 1, "seconds": 30})["room"]
+    join(host, code, "Hosty")
+    ann_pub = join(ann, code, "Ann")["you"]["player"]
+    bob_pub = join(bob, code, "Bob")["you"]["player"]
+    # Remove Ann: she is gone from the room and cannot come back.
+    host.ask({"type": "room_kick", "room": code, "player": ann_pub}, "room_done")
+    state = wait_state(bob, lambda s: all(p["player"] != ann_pub for p in s["players"]))
+    assert len(state["players"]) == 2
+    ann2 = Player.player(live_server.url, ann_cookie)
+    try:
+        ann2.send({"type": "room_join", "room": code, "nickname": "Ann"})
+        assert ann2.recv_until("error")["code"] == "removed"
+    finally:
+        ann2.close()
+    # Hand the host role to Bob: the old host can no longer start.
+    host.ask({"type": "room_host", "room": code, "player": bob_pub}, "room_done")
+    assert wait_state(host, lambda s: s["host"] == bob_pub)["host"] == bob_pub
+    assert host.ask({"type": "room_start", "room": code}, "error")["code"] == "not_host"
+    # Bob's socket closes: after the grace, the role passes on by itself to who is still here.
+    bob.close()
+    wait_state(host, lambda s: not next(p for p in s["players"] if p["player"] == bob_pub)["online"])
+    clock.advance(11)  # after the server saw Bob go: the grace counts from then
+    host_pub = next(p["player"] for p in state["players"] if p["nickname"] == "Hosty")
+    assert wait_state(host, lambda s: s["host"] == host_pub)["host"] == host_pub
+    # Leaving hands the role on at once (to Bob, the only other seat, though offline).
+    host.ask({"type": "room_leave", "room": code}, "room_done")
+    assert app.extensions["rooms"].state(code)["host"] == bob_pub
+
+
+def test_reconnect_resumes_the_seat_and_the_draft(app, archive, live_server, clock):
+    cookie = new_player_cookie(live_server.url)
+    host = Player.player(live_server.url)
+    first = Player.player(live_server.url, cookie)
+    try:
+        code = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 1, "seconds": 60})["room"]
+        join(host, code, "Hosty")
+        join(first, code, "Ann")
+        host.ask({"type": "room_start", "room": code}, "room_done")
+        wait_state(first, lambda s: s["phase"] == "round")
+        first.ask({"type": "room_draft", "seq": 1, "room": code, "round": 1, "caption": "a red square"}, "room_score")
+        first.close()
+        wait_state(host, lambda s: s["phase"] == "round" and
+                   not next(p for p in s["players"] if p["nickname"] == "Ann")["online"])
+        again = Player.player(live_server.url, cookie)
+        try:
+            again.send({"type": "room_join", "room": code})  # no nickname needed: the seat is kept
+            joined = again.recv_until("room_joined")
+            assert joined["resumed"] is True
+            assert joined["you"]["draft"]["caption"] == "a red square"
+            state = wait_state(again)
+            assert state["phase"] == "round" and state["round"] == 1
+        finally:
+            again.close()
+    finally:
+        host.close()
+
+
+def test_bar_throttle_holds_back_and_flushes(app, archive, redis_client):
+    """At most one bars message per window per room: the second draft waits for the flush."""
+    from game.store.rooms import RoomLimits, RoomStore
+    store = app.extensions["store"]
+    rooms = RoomStore(redis_client, store.now, RoomLimits(bar_window_ms=60_000))
+    pool = app.extensions["rooms"].picture_pool("archive")
+    code = rooms.create("player-host-abcdef", rounds=1, seconds=60, source="archive", pictures=pool)
+    rooms.join(code, "player-host-abcdef", "pubhost", "Hosty")
+    rooms.transact(code, lambda room: rooms.start_round(room))
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(rooms.channel(code))
+    pubsub.get_message(timeout=1.0)
+    assert rooms.draft(code, "player-host-abcdef", 1, 0.2, "one") is True
+    assert rooms.draft(code, "player-host-abcdef", 1, 0.3, "two") is False
+    assert rooms.flush_bars(code) == 2  # still inside the window
+    redis_client.delete(rooms.key(code, "bar_lock"))  # the window passes
+    assert rooms.flush_bars(code) == 1
+    assert rooms.flush_bars(code) == 0
+    sent = [json.loads(m["data"]) for m in iter(lambda: pubsub.get_message(timeout=1.0), None)]
+    assert [m["bars"]["pubhost"] for m in sent] == [0.2, 0.3]
+    pubsub.close()
