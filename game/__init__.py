@@ -50,7 +50,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     from game.rooms import Rooms
     from game.store.rooms import RoomLimits
     rooms = Rooms(game, RoomLimits(max_players=app.config["ROOM_MAX_PLAYERS"],
-                                   max_spectators=app.config["ROOM_MAX_SPECTATORS"]))
+                                   max_spectators=app.config["ROOM_MAX_SPECTATORS"],
+                                   bar_window_ms=app.config["ROOM_BAR_WINDOW_MS"]))
     app.extensions.update(redis=client, store=store, scorer=judge.scorer, judge=judge, game=game, rooms=rooms)
 
     if app.config["IMPORT_STARTER_PHOTOS"]:

@@ -59,10 +59,11 @@ DEFAULTS: dict = {
     "LOG_FORMAT": "text",  # text | json
     "READY_REQUIRES_WORKERS": False,  # /readyz also needs a live generation worker
     "GRACEFUL_SIGTERM": "auto",  # auto (inside gunicorn only) | true | false: drain sockets on SIGTERM
-    "IMPORT_STARTER_PHOTOS": True,
+    "IMPORT_STARTER_PHOTOS": True,  # import assets/photos on first start (idempotent)
     # Play with friends (game/rooms.py): seats per room, then watchers; a full room refuses joins.
     "ROOM_MAX_PLAYERS": 24,
-    "ROOM_MAX_SPECTATORS": 24,  # import assets/photos on first start (idempotent)
+    "ROOM_MAX_SPECTATORS": 24,
+    "ROOM_BAR_WINDOW_MS": 100,  # live bars: at most one message per room per window (10/s)
     "SCORER_BATCH_WINDOW_MS": 2.0,
     "TORCH_THREADS": None,  # None -> the scorer's default (cores - 1)
     # Flask's own settings, here so CAPTIONARY_SESSION_COOKIE_SECURE=true etc. can override them.
@@ -78,7 +79,7 @@ DEFAULTS: dict = {
 # checked here, once, so modules read app.config[KEY] without defaults or parsing of their own.
 _INT_KEYS = ("PUZZLES_PER_DAY", "MAX_SUBMISSIONS", "MAX_CAPTION_CHARS", "MAX_FRAME_BYTES",
              "DRAFT_BURST", "SUBMIT_BURST", "ADMIN_LOGIN_FAILURES", "WS_OUTBOX", "ROOM_MAX_PLAYERS",
-             "ROOM_MAX_SPECTATORS")  # whole numbers > 0
+             "ROOM_MAX_SPECTATORS", "ROOM_BAR_WINDOW_MS")  # whole numbers > 0
 _COUNT_KEYS = ("TRUSTED_PROXIES", "WS_PER_PLAYER", "WS_PER_ADDRESS")  # whole numbers >= 0 (0: none / no cap)
 _FLOAT_KEYS = ("DRAFT_RATE", "SUBMIT_RATE", "SCORER_BATCH_WINDOW_MS")
 _POSITIVE_FLOAT_KEYS = ("FRAME_RATE", "FRAME_BURST", "NEW_PLAYER_RATE", "NEW_PLAYER_BURST", "WS_SEND_TIMEOUT_S")

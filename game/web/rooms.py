@@ -156,6 +156,8 @@ def dispatch(app, conn, msg: dict) -> dict:
     if kind == "room_draft":
         reply = rooms.draft(pid, msg)
         conn.streams.add(rooms.stream(pid, reply["room"]))
+        if rooms.pending_bars:  # a bar held back by the throttle goes out when the window ends, even if
+            app.extensions["room_ticker"].ensure_running()  # this socket never joined the room here
         return reply
     if kind == "room_lock":
         return rooms.lock(pid, msg)

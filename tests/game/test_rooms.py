@@ -329,3 +329,36 @@ def test_bar_throttle_holds_back_and_flushes(app, archive, redis_client):
     sent = [json.loads(m["data"]) for m in iter(lambda: pubsub.get_message(timeout=1.0), None)]
     assert [m["bars"]["pubhost"] for m in sent] == [0.2, 0.3]
     pubsub.close()
+
+
+def test_a_held_back_bar_reaches_the_others_when_the_window_ends(tmp_path, redis_url, redis_client, clock):
+    """One draft inside the throttle window and nothing after: the others still get that bar, from the
+    window's end (the ticker's flush), not only when some later draft comes along."""
+    import time
+    window_ms = 1500  # long enough that Ann's draft surely falls inside the window the host's draft opened
+    app = make_app(tmp_path, redis_url, clock, ROOM_BAR_WINDOW_MS=window_ms)
+    _archive_for(app, clock)
+    with serving(app) as server:
+        host, ann, bob = people = [Player.player(server.url) for _ in range(3)]
+        try:
+            code = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 1, "seconds": 60})["room"]
+            for ws, name in zip(people, ("Hosty", "Ann", "Bob")):
+                join(ws, code, name)
+            host.ask({"type": "room_start", "room": code}, "room_done")
+            state = wait_state(bob, lambda s: s["phase"] == "round")
+            pubs = {p["nickname"]: p["player"] for p in state["players"]}
+            host.ask({"type": "room_draft", "seq": 1, "room": code, "round": 1, "caption": "a field"}, "room_score")
+            opened = time.monotonic()
+            first = bob.recv_until("room_bars")  # the window opens with the host's bar
+            assert pubs["Ann"] not in first["bars"]
+            score = ann.ask({"type": "room_draft", "seq": 1, "room": code, "round": 1, "caption": "a red square"},
+                            "room_score")
+            assert time.monotonic() - opened < window_ms / 1000  # inside the window: held back
+            # Nothing else is sent by anyone; Bob still sees Ann's bar once the window has passed.
+            held = bob.recv_until("room_bars")
+            assert held["bars"][pubs["Ann"]] == pytest.approx(score["score"], abs=1e-5)
+            assert held["bars"][pubs["Hosty"]] == first["bars"][pubs["Hosty"]]
+            assert redis_client.exists(app.extensions["rooms"].rooms.key(code, "bar_pending")) == 0
+        finally:
+            for ws in people:
+                ws.close()
