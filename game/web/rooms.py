@@ -46,10 +46,19 @@ def start():
             if _rooms().rooms.exists(normalized):
                 return redirect(url_for("rooms.room", code=normalized))
             error = f"there is no room {normalized} (it may have expired)"
-    return render_template("rooms_new.html", counts=_rooms().source_counts(), labels=SOURCE_LABELS,
-                           sources=SOURCES, rounds=DEFAULT_ROUNDS, seconds=DEFAULT_SECONDS, max_rounds=MAX_ROUNDS,
+    counts = _rooms().source_counts()
+    return render_template("rooms_new.html", counts=counts, labels=SOURCE_LABELS, sources=SOURCES,
+                           chosen=preselected_source(counts, DEFAULT_ROUNDS), rounds=DEFAULT_ROUNDS,
+                           seconds=DEFAULT_SECONDS, max_rounds=MAX_ROUNDS,
                            min_seconds=ROUND_SECONDS[0], max_seconds=ROUND_SECONDS[1], code_length=CODE_LENGTH,
                            error=error, code=code), 404 if error else 200
+
+
+def preselected_source(counts: dict, rounds: int) -> str:
+    """The source the form offers first: the first (in SOURCES order) with pictures for `rounds` rounds,
+    else the one with the most, so the default game can start without the host changing anything."""
+    enough = [s for s in SOURCES if counts.get(s, 0) >= rounds]
+    return enough[0] if enough else max(SOURCES, key=lambda s: counts.get(s, 0))
 
 
 @bp.route("/", methods=["POST"])
@@ -74,7 +83,10 @@ def create():
 
 def _create_error(message: str, status: int = 400):
     from game.rooms import DEFAULT_ROUNDS, DEFAULT_SECONDS, SOURCE_LABELS
-    return render_template("rooms_new.html", counts=_rooms().source_counts(), labels=SOURCE_LABELS, sources=SOURCES,
+    counts = _rooms().source_counts()
+    asked = request.form.get("source")
+    return render_template("rooms_new.html", counts=counts, labels=SOURCE_LABELS, sources=SOURCES,
+                           chosen=asked if asked in SOURCES else preselected_source(counts, DEFAULT_ROUNDS),
                            rounds=request.form.get("rounds", DEFAULT_ROUNDS),
                            seconds=request.form.get("seconds", DEFAULT_SECONDS), max_rounds=MAX_ROUNDS,
                            min_seconds=ROUND_SECONDS[0], max_seconds=ROUND_SECONDS[1], code_length=CODE_LENGTH,

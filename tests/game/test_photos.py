@@ -108,7 +108,7 @@ def test_read_photo_names_the_file(tmp_path):
 
 def test_every_starter_photo_is_shipped_credited_and_valid():
     entries = photos.starter_manifest()
-    assert 5 <= len(entries) <= 10
+    assert 8 <= len(entries) <= 16  # rooms need pictures beyond the day's 3 (a 5-round game and more)
     attribution = (ASSETS / "photos" / "ATTRIBUTION.md").read_text()
     for entry in entries:
         assert entry["path"].is_file()

@@ -60,3 +60,19 @@ def test_round_pictures_are_served_only_once_their_round_began(client, app, arch
 def player_of(client) -> str:
     with client.session_transaction() as session:
         return session["player"]
+
+
+def test_fresh_instance_form_preselects_the_starter_photos_and_says_how_many(tmp_path, redis_url, redis_client,
+                                                                          clock):
+    """Day one of a fresh clone: no past day to draw from, so the form offers the starter photos, with
+    enough pictures for the default five rounds, and says how many each source has."""
+    from tests.helpers.web import make_app
+    app = make_app(tmp_path, redis_url, clock, IMPORT_STARTER_PHOTOS=True)
+    store = app.extensions["store"]
+    store.puzzles_for(store.today())
+    photos_count = app.extensions["rooms"].source_counts()["photos"]
+    assert photos_count >= 8
+    html = " ".join(app.test_client().get("/rooms/").get_data(as_text=True).split())
+    assert 'value="photos" checked' in html and 'value="archive" checked' not in html
+    assert f"({photos_count} pictures: up to {photos_count} rounds)" in html
+    assert "(no pictures yet)" in html  # the archive and the machine's pictures, on day one

@@ -362,3 +362,48 @@ def test_a_held_back_bar_reaches_the_others_when_the_window_ends(tmp_path, redis
         finally:
             for ws in people:
                 ws.close()
+
+
+@pytest.fixture
+def fresh_instance(tmp_path, redis_url, redis_client, clock):
+    """A fresh clone's first `play.sh` day one: only the shipped starter photos (imported on first start)
+    and today's puzzles made from them, as `flask play` makes them; nothing revealed yet."""
+    app = make_app(tmp_path, redis_url, clock, IMPORT_STARTER_PHOTOS=True)
+    store = app.extensions["store"]
+    store.puzzles_for(store.today())
+    return app
+
+
+def test_fresh_instance_three_friends_play_five_rounds_to_the_podium(fresh_instance, clock):
+    from game import photos
+    app, store = fresh_instance, fresh_instance.extensions["store"]
+    rooms = app.extensions["rooms"]
+    today = {p.target_id for p in store.puzzles_for(store.today())}
+    counts = rooms.source_counts()
+    # Every starter photo but today's three; no past day, no GAN picture yet.
+    assert counts == {"archive": 0, "photos": len(photos.starter_manifest()) - len(today), "gan": 0}
+    assert counts["photos"] >= 8
+    assert today.isdisjoint(rooms.picture_pool("photos"))
+    with serving(app) as server:
+        people = [Player.player(server.url) for _ in range(3)]
+        host, ann, bob = people
+        try:
+            code = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 5, "seconds": 60,
+                             "source": "photos"}, "room_created")["room"]
+            for ws, name in zip(people, ("Hosty", "Ann", "Bob")):
+                join(ws, code, name)
+            shown = set()
+            for number in range(1, 6):
+                host.ask({"type": "room_start" if number == 1 else "room_next", "room": code}, "room_done")
+                wait_state(host, lambda s: s["phase"] == "round" and s["round"] == number)
+                shown.add(rooms.round_picture(code, 1, number))
+                for ws, caption in zip(people, ("a photo", f"picture number {number}", "something grey")):
+                    ws.ask({"type": "room_lock", "room": code, "round": number, "caption": caption}, "room_locked")
+                done = wait_state(bob, lambda s: s["phase"] in ("reveal", "over") and s["round"] == number)
+                assert [e["points"] for e in done["result"]["entries"]] == [30, 20, 10]
+            assert done["phase"] == "over" and [p["rank"] for p in done["podium"]] == [1, 2, 3]
+            assert sum(p["total"] for p in done["podium"]) == 5 * 60
+            assert len(shown) == 5 and shown.isdisjoint(today)  # five different pictures, none of today's
+        finally:
+            for ws in people:
+                ws.close()
