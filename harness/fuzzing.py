@@ -23,8 +23,19 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 SERVER_TYPES = {"state", "score", "dropped", "result", "subscribed", "board", "hint", "pong", "error", "nickname",
-                "status", "daily"}
-CLIENT_TYPES = ["hello", "draft", "submit", "subscribe", "hint", "ping"]
+                "status", "daily", "room_created", "room_joined", "room_score", "room_locked", "room_done"}
+PUSH_TYPES = {"board", "room", "room_bars"}  # sent when something changes, not in answer to a frame
+ROOM_TYPES = ["room_create", "room_join", "room_draft", "room_lock", "room_start", "room_next", "room_skip",
+              "room_kick", "room_host", "room_leave", "room_again"]
+CLIENT_TYPES = ["hello", "draft", "submit", "subscribe", "hint", "ping"] + ROOM_TYPES
+# What a room message may be answered with when it is refused (game/rooms.py's list, the message
+# checks every frame passes, caption rules, rate limits, a busy judge or store); anything else, such
+# as a puzzle's error code for a room action, is a bad reply.
+ROOM_ERROR_CODES = {"unknown_room", "room_full", "not_host", "already_joined", "stale_round", "round_over",
+                    "no_round", "not_playing", "locked_in", "removed", "bad_phase", "nickname_needed",
+                    "bad_nickname", "nickname_taken", "slow_down", "not_in_room", "no_pictures",
+                    "bad_json", "bad_message", "missing_field", "unknown_type", "bad_field", "too_big",
+                    "bad_caption", "caption_too_long", "empty_caption", "busy", "unavailable", "storage_full"}
 
 
 @dataclass
@@ -75,8 +86,50 @@ def messages(real: list[str]):
                   "puzzle": st.one_of(puzzle_ids(real), anything),
                   "caption": st.one_of(captions, anything),
                   "puzzles": st.one_of(st.lists(puzzle_ids(real), max_size=20), anything),
-                  "nickname": st.one_of(st.text(max_size=60), anything)})
+                  "nickname": st.one_of(st.text(max_size=60), anything),
+                  "room": st.one_of(room_codes([]), anything),
+                  "round": st.one_of(st.integers(-2, 30), anything),
+                  "player": st.one_of(st.text(max_size=14), anything)})
     return message
+
+
+def room_codes(real: list[str]):
+    """Room codes: the real ones, unknown well-formed ones, lower case, and junk."""
+    bad = st.one_of(st.sampled_from(["", " ", "ZZZZZ", "AAAAA", "nope!", "k7qpm", "0O1I5", "ABCDEFGHJK", "../x",
+                                     "\u0000", "🦝🦝🦝🦝🦝"]),
+                    st.from_regex(r"[A-Z2-9]{5}", fullmatch=True), st.text(max_size=12))
+    return st.one_of(st.sampled_from(real), st.sampled_from(real).map(str.lower), bad) if real else bad
+
+
+def room_messages(real_rooms: list[str], players: list[str]):
+    """Well-formed room actions (real room codes and bad ones, odd rounds, sources, nicknames, players):
+    past the message checks, into game/rooms.py and the room store's scripts."""
+    code = st.one_of(st.sampled_from(real_rooms), room_codes(real_rooms)) if real_rooms else room_codes([])
+    rnd = st.one_of(st.integers(1, 2), st.integers(0, 3), st.integers(0, 2 ** 53 - 1))
+    seq = st.integers(0, 2 ** 53 - 1)
+    who = st.one_of(st.sampled_from(players), st.text(max_size=14)) if players else st.text(max_size=14)
+    nickname = st.one_of(st.none(), st.sampled_from(["fuzzer", "Fuzzer", "\u200bfuzz", "x", "a" * 40]),
+                         st.text(max_size=30))
+    simple = st.sampled_from(["room_start", "room_next", "room_leave", "room_again"])
+    return st.one_of(
+        st.builds(lambda r, s, src, n: {k: v for k, v in {"type": "room_create", "rounds": r, "seconds": s,
+                                                          "source": src, "nickname": n}.items() if v is not None},
+                  st.one_of(st.integers(0, 25), st.none()), st.one_of(st.sampled_from([0, 14, 15, 60, 300, 301]),
+                                                                      st.none()),
+                  st.one_of(st.sampled_from(["archive", "photos", "gan", "tomorrow", "", "ARCHIVE"]), st.none()),
+                  nickname),
+        st.builds(lambda c, n: {k: v for k, v in {"type": "room_join", "room": c, "nickname": n}.items()
+                                if v is not None}, code, nickname),
+        st.builds(lambda s, c, r, t: {"type": "room_draft", "seq": s, "room": c, "round": r, "caption": t},
+                  seq, code, rnd, captions),
+        st.builds(lambda c, r, t: {"type": "room_lock", "room": c, "round": r, "caption": t}, code, rnd, captions),
+        st.builds(lambda k, c: {"type": k, "room": c}, simple, code),
+        st.builds(lambda c, r: {"type": "room_skip", "room": c, "round": r}, code, rnd),
+        st.builds(lambda k, c, p: {"type": k, "room": c, "player": p}, st.sampled_from(["room_kick", "room_host"]),
+                  code, who),
+        # A spoofed timer: fields the server never reads (its own clock decides).
+        st.builds(lambda c, r, t: {"type": "room_draft", "seq": 1, "room": c, "round": r, "caption": t,
+                                   "ends_at": 10 ** 13, "now": 0}, code, rnd, captions))
 
 
 def valid_messages(real: list[str]):
@@ -91,9 +144,12 @@ def valid_messages(real: list[str]):
         st.builds(lambda p: {"type": "hello", "puzzle": p}, st.one_of(st.sampled_from(real), st.none())))
 
 
-def frames(real: list[str]):
-    """One websocket frame: mostly message-shaped JSON, also raw text, JSON of any shape, bytes, odd sizes."""
+def frames(real: list[str], rooms: list[str] = (), players: list[str] = ()):
+    """One websocket frame: mostly message-shaped JSON, also raw text, JSON of any shape, bytes, odd sizes;
+    with `rooms` (codes the fuzzing player sits in) and `players` (public ids), room actions too."""
+    room_frames = [room_messages(list(rooms), list(players)).map(json.dumps)] * 3 if rooms else []
     return st.one_of(
+        *room_frames,
         valid_messages(real).map(json.dumps),
         valid_messages(real).map(lambda m: json.dumps(m, ensure_ascii=False)),
         messages(real).map(json.dumps),
@@ -122,18 +178,56 @@ def _check_reply(reply, stats: Stats, strict: bool) -> None:
             stats.problem("bad_replies", reply, strict)
 
 
+def _room_setup(player, source: str, rounds: int) -> tuple[list[str], list[str]]:
+    """The fuzzing player creates a room, joins it and starts round 1 (so drafts, lock-ins, skips and the
+    host's buttons have something to act on); ([its code], [its public id])."""
+    created = player.ask({"type": "room_create", "nickname": "fuzzhost", "rounds": rounds, "seconds": 300,
+                          "source": source}, "room_created")
+    joined = player.ask({"type": "room_join", "room": created["room"]}, "room_joined")
+    player.ask({"type": "room_start", "room": created["room"]}, "room_done")
+    return [created["room"]], [joined["you"]["player"]]
+
+
+def _check_room_replies(batch, replies, stats: Stats, strict: bool) -> None:
+    """Refused room actions carry ROOM_ERROR_CODES. Replies need not come in the frames' order (an
+    oversized frame is refused as it is read, before the batch around it is handled), so: at most as
+    many errors with other codes as the batch has frames that are not room actions."""
+    room_frames = 0
+    for frame in batch:
+        try:
+            msg = json.loads(frame)
+        except (ValueError, RecursionError):
+            continue
+        room_frames += isinstance(msg, dict) and msg.get("type") in ROOM_TYPES
+    if not room_frames:
+        return
+    errors = [r for r in replies if isinstance(r, dict) and r.get("type") == "error"]
+    if errors:
+        stats.saw("room error")
+    other = [r.get("code") for r in errors if r.get("code") not in ROOM_ERROR_CODES]
+    if len(other) > len(batch) - room_frames:
+        stats.problem("bad_replies", f"{room_frames} room action(s) of {len(batch)} frames, yet {len(other)} "
+                                     f"errors with codes no room action has: {other}; batch "
+                                     f"{[str(f)[:80] for f in batch]}", strict)
+
+
 def fuzz_websocket(base_url: str, puzzles: list[str], examples: int, *, strict: bool = False, seed: int = 0,
-                   stats: Stats | None = None) -> Stats:
-    """Send `examples` batches of 1-4 frames over one socket (reconnecting after a crash)."""
+                   stats: Stats | None = None, room_source: str | None = None, room_rounds: int = 2) -> Stats:
+    """Send `examples` batches of 1-4 frames over one socket (reconnecting after a crash).
+
+    `room_source`: the player first creates and starts a room of `room_rounds` rounds from that picture
+    source, and the frames include room actions on it (and on unknown codes); a refused room action
+    must carry one of ROOM_ERROR_CODES."""
     import websocket
     from harness.client import WSClient
     stats = stats or Stats()
     state = {"player": WSClient.player(base_url)}
+    rooms, players = _room_setup(state["player"], room_source, room_rounds) if room_source else ([], [])
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
               phases=[Phase.generate, Phase.shrink] if strict else [Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(batch=st.lists(frames(puzzles), min_size=1, max_size=4))
+    @given(batch=st.lists(frames(puzzles, rooms, players), min_size=1, max_size=4))
     def run(batch):
         player = state["player"]
         try:
@@ -143,17 +237,24 @@ def fuzz_websocket(base_url: str, puzzles: list[str], examples: int, *, strict: 
                 else:
                     player.ws.send(frame)
             stats.messages += len(batch)
-            answered = 0
-            while answered < len(batch):
+            replies = []
+            while len(replies) < len(batch):
                 reply = json.loads(player.ws.recv())
-                if isinstance(reply, dict) and reply.get("type") == "board":
-                    continue  # a push (subscribe answers with the boards first), not a reply
-                answered += 1
+                if isinstance(reply, dict) and reply.get("type") in PUSH_TYPES:
+                    continue  # a push (subscribe answers with the boards first; rooms push their state)
                 _check_reply(reply, stats, strict)
+                replies.append(reply)
+            _check_room_replies(batch, replies, stats, strict)
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             # The socket closed or went silent: only a server bug does that to frames this size.
             state["player"] = WSClient.player(base_url, cookie=player.cookie)
             stats.problem("crashes", f"{type(exc).__name__}: {exc} after {[str(f)[:60] for f in batch]}", strict)
+        except AssertionError:
+            # strict: a failure left this batch's later replies unread; shrinking replays on a clean socket
+            # (otherwise each replay reads the last one's leftovers as its own replies).
+            player.close()
+            state["player"] = WSClient.player(base_url, cookie=player.cookie)
+            raise
 
     try:
         run()

@@ -16,15 +16,19 @@ FAST = dict(DRAFT_RATE=1e6, DRAFT_BURST=1e6, SUBMIT_RATE=1e6, SUBMIT_BURST=1e6, 
             FRAME_RATE=1e6, FRAME_BURST=1e6)
 
 
-def test_websocket_fuzz_every_frame_gets_a_well_formed_reply(tmp_path, redis_url, clock, seeded):
+def test_websocket_fuzz_every_frame_gets_a_well_formed_reply(tmp_path, redis_url, clock, archive):
     # Rates lifted so fuzzed drafts and submissions reach the scorer and the store, not just the limiter.
+    # `archive`: a finished day, so the fuzzing player can create a room and play in it (room actions).
     app = make_app(tmp_path / "fuzz", redis_url, clock, **FAST)
+    today = [p.id for p in app.extensions["store"].puzzles_for(app.extensions["store"].today())]
     with serving(app) as server:
-        stats = fuzz_websocket(server.url, [p.id for p in seeded], examples=300, strict=True)
+        stats = fuzz_websocket(server.url, today, examples=300, strict=True, room_source="archive")
     print("websocket fuzz replies:", sorted(stats.replies.items()))
     assert stats.messages >= 300 and stats.crashes == 0 and stats.bad_replies == 0
-    # The run reached the scorer and the store, not only the parser.
+    # The run reached the scorer and the store, not only the parser; room actions reached the rooms.
     assert {"score", "result", "bad_json", "unknown_type"} <= set(stats.replies)
+    assert {"room error", "unknown_room", "stale_round"} <= set(stats.replies)
+    assert {"room_score", "room_locked", "room_done"} & set(stats.replies)  # some room actions went through
 
 
 def test_http_fuzz_no_500_and_api_errors_are_json(tmp_path, redis_url, clock, seeded):
