@@ -1,16 +1,24 @@
 """Play with friends in real headless Chromium: a host and two friends (one on a phone-sized screen)
-play two rounds to the podium using the keyboard only. Screenshots land in test-artifacts/.
+play two rounds to the podium using the keyboard only; on a fresh instance (starter photos only) the
+create form's defaults start a game. Screenshots land in test-artifacts/; with
+CAPTIONARY_UPDATE_SCREENSHOTS=1 the README's docs/screenshots/room.png is retaken too (off by
+default, so a test run never changes tracked files).
 
 The app runs for real on 127.0.0.1 (werkzeug threads, real Redis, tiny CLIP); the pages' own
 JavaScript joins the room over /ws. The test clock stands still, so rounds end by everyone locking in.
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 
+from tests.helpers.web import make_app, serving
 from tests.system.test_browser import browser, context_factory, shot  # noqa: F401  (fixtures)
+
+DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "room.png"
 
 pytestmark = pytest.mark.browser
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
@@ -91,3 +99,46 @@ def test_three_friends_play_two_rounds_to_the_podium(live_server, archive, conte
     host.keyboard.press("Enter")
     ann.wait_for_function("document.getElementById('phase').textContent.startsWith('Waiting')")
     assert seats(ann) == 3
+
+
+def test_fresh_instance_room_from_the_form_defaults_shows_live_bars(tmp_path, redis_url, redis_client, clock,
+                                                                   context_factory):  # noqa: F811
+    """Day one of a fresh clone: the form preselects the starter photos, its default 5 rounds start,
+    and a friend's bar moves on the host's screen while both type (the README's screenshot)."""
+    app = make_app(tmp_path, redis_url, clock, IMPORT_STARTER_PHOTOS=True)
+    store = app.extensions["store"]
+    store.puzzles_for(store.today())  # as `flask play` does before serving
+    with serving(app) as server:
+        host = context_factory()
+        host.goto(server.url + "/rooms/")
+        assert host.locator("input[name=source][value=photos]").is_checked()
+        assert host.locator("#rounds").input_value() == "5"
+        host.locator("#nickname").fill("Hosty")
+        host.locator("#create-btn").focus()
+        host.keyboard.press("Enter")
+        host.wait_for_url(re.compile(r"/rooms/[A-Z0-9]{5}$"))
+        host.wait_for_selector("#conn[data-state=live]")
+        friend = context_factory()
+        friend.goto(host.locator("#room-link").inner_text())
+        friend.wait_for_selector("#conn[data-state=live]")
+        friend.locator("#join-nickname").fill("Ann")
+        friend.locator("#join-nickname").press("Enter")
+        host.wait_for_function("document.querySelectorAll('#seats li').length === 2")
+        host.locator("#start-btn").focus()
+        host.keyboard.press("Enter")
+        for page in (host, friend):
+            page.wait_for_function("document.getElementById('phase').textContent.startsWith('Round 1 of 5')")
+            page.wait_for_function("!document.getElementById('caption').disabled")
+        friend_id = friend.evaluate("document.body.dataset.player")
+        host.locator("#caption").press_sequentially("an astronaut", delay=30)
+        friend.locator("#caption").press_sequentially("a photo of a cat", delay=30)
+        host.wait_for_function(f"(document.querySelector('[data-bar=\"{friend_id}\"]')||{{style:{{}}}}).style.width "
+                               f"&& document.querySelector('[data-bar=\"{friend_id}\"]').style.width !== '0%'")
+        host.wait_for_function("/^-?\\d\\.\\d{4}$/.test(document.getElementById('score').textContent)")
+        # The round's picture is one of the starter photos, shown in full.
+        assert host.locator("#picture").evaluate("img => img.complete && img.naturalWidth > 100")
+        assert not host.console_errors and not friend.console_errors
+        shot(host, "room-round")
+        if os.environ.get("CAPTIONARY_UPDATE_SCREENSHOTS") == "1":
+            host.evaluate("window.scrollTo(0, 0)")
+            host.screenshot(path=str(DOCS_SHOT), full_page=True)
