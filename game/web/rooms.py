@@ -117,6 +117,27 @@ def room(code):
                            nickname=current_app.extensions["store"].nickname(pid) or "")
 
 
+@bp.route("/<code>/state")
+def state_json(code):
+    """The room's snapshot as JSON, the same as the `room` message on /ws: the room page polls it while its
+    websocket cannot connect (HTTP fallback), so the countdown, seats, reveal and podium keep coming."""
+    from flask import jsonify
+    try:
+        code = RoomStore.normalize_code(code)
+        state = _rooms().state(code)
+    except RoomError as exc:
+        state, message = None, exc.message
+    else:
+        message = f"there is no room {code} (it may have expired)"
+    if state is None:
+        resp = jsonify({"type": "error", "code": "unknown_room", "message": message})
+        resp.status_code = 404
+    else:
+        resp = jsonify(state)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 @bp.route("/<code>/picture/<int:game>-<int:number>.png")
 def picture(code, game, number):
     """A round's picture, once that round has begun (never the pictures still to come)."""

@@ -76,3 +76,21 @@ def test_fresh_instance_form_preselects_the_starter_photos_and_says_how_many(tmp
     assert 'value="photos" checked' in html and 'value="archive" checked' not in html
     assert f"({photos_count} pictures: up to {photos_count} rounds)" in html
     assert "(no pictures yet)" in html  # the archive and the machine's pictures, on day one
+
+
+def test_room_state_json_is_the_http_fallback(client, app, archive):
+    """GET /rooms/<code>/state: the snapshot /ws pushes, for a page whose websocket cannot connect."""
+    code = create(client).headers["Location"].rsplit("/", 1)[1]
+    resp = client.get(f"/rooms/{code.lower()}/state")
+    assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
+    state = resp.get_json()
+    assert state == {**app.extensions["rooms"].state(code), "now": state["now"]}
+    assert state["type"] == "room" and state["phase"] == "lobby" and [p["nickname"] for p in state["players"]] == ["Hosty"]
+    rooms = app.extensions["rooms"]
+    rooms.host_action(rooms.rooms.read(code).host, {"type": "room_start", "room": code})
+    running = client.get(f"/rooms/{code}/state").get_json()
+    assert running["phase"] == "round" and running["picture"].endswith("-1.png") and running["ends_at"] > running["now"]
+    for bad in ("ZZZZZ" if code != "ZZZZZ" else "YYYYY", "bad!"):
+        missing = client.get(f"/rooms/{bad}/state")
+        assert missing.status_code == 404
+        assert missing.get_json()["code"] == "unknown_room" and missing.get_json()["message"]

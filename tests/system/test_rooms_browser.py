@@ -142,3 +142,25 @@ def test_fresh_instance_room_from_the_form_defaults_shows_live_bars(tmp_path, re
         if os.environ.get("CAPTIONARY_UPDATE_SCREENSHOTS") == "1":
             host.evaluate("window.scrollTo(0, 0)")
             host.screenshot(path=str(DOCS_SHOT), full_page=True)
+
+
+def test_a_page_without_websockets_follows_the_room_over_http(live_server, archive, context_factory):  # noqa: F811
+    """A friend whose websocket is refused (a proxy, a policy) still sees the room: the page polls
+    GET /rooms/<code>/state, so the host starting the game reaches that screen."""
+    host = context_factory()
+    host.goto(live_server.url + "/rooms/")
+    host.locator("#nickname").fill("Hosty")
+    host.locator("#rounds").fill("1")
+    host.locator("#create-btn").click()
+    host.wait_for_url(re.compile(r"/rooms/[A-Z0-9]{5}$"))
+    host.wait_for_selector("#conn[data-state=live]")
+    offline = context_factory()
+    offline.route_web_socket(re.compile(r"/ws$"), lambda ws: ws.close())  # every handshake fails
+    offline.goto(host.url)
+    offline.wait_for_selector("#conn[data-state=offline-http]", timeout=20_000)
+    assert "following the room" in offline.locator("#message").inner_text()
+    host.locator("#start-btn").click()
+    offline.wait_for_function("document.getElementById('phase').textContent.startsWith('Round 1 of 1')",
+                              timeout=20_000)
+    assert offline.locator("#caption").is_disabled()  # typing needs the live connection
+    assert offline.evaluate("document.getElementById('picture').getAttribute('src')").endswith("-1.png")

@@ -238,6 +238,31 @@
     }
   }
 
+  // HTTP fallback: while the websocket cannot connect, follow the room by polling its snapshot
+  // (countdown, seats, reveal, podium); typing and lock-ins need the live connection back.
+  const POLL_MS = 2000;
+  let poller = null;
+  function pollState() {
+    fetch(root.dataset.stateUrl, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+      .then(function (r) { return r.json(); })
+      .then(function (msg) {
+        if (msg.type === "room" && msg.room === code) render(msg);
+        else if (msg.type === "error") say(msg.message, true);
+      })
+      .catch(function () {});
+  }
+  function following(on) {
+    if (on && !poller) {
+      pollState();
+      poller = setInterval(pollState, POLL_MS);
+      say("No live connection: following the room every few seconds; typing comes back with the connection.");
+    } else if (!on && poller) {
+      clearInterval(poller);
+      poller = null;
+      say("");
+    }
+  }
+
   const live = new CaptionaryLive.Live({
     wsPath: root.dataset.ws,
     apiBase: "/api",
@@ -245,6 +270,8 @@
     onStatus: function (s) {
       $("conn").textContent = { live: "live", reconnecting: "reconnecting…", "offline-http": "reconnecting…" }[s] || s;
       $("conn").dataset.state = s;
+      if (s === "offline-http") following(true);
+      else if (s === "live") following(false);
     },
     onOpen: function () {
       // A member (this page, or an earlier one) resumes the seat: the room lives on the server.
