@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import os
 import random
 import shutil
 import sys
@@ -312,6 +313,18 @@ def run(base: str, rooms: int, players: int, rounds: int, type_s: float) -> dict
             "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99), "errors": errors}
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes used so far (Linux /proc), to tell a busy server from a busy box."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def warm_up(base: str, drafts: int = 30) -> None:
     """The first drafts of a fresh process pay for one-time work: a one-player room, not measured."""
     from harness.client import WSClient
@@ -370,7 +383,14 @@ def main(argv=None) -> int:
             raise SystemExit(str(exc))
         print(f"server ready in {time.perf_counter() - t0:.1f}s", flush=True)
         warm_up(web.url)
+        workers = web.worker_pids()
+        cpu0, bench0, wall0 = cpu_seconds(workers), time.process_time(), time.perf_counter()
         result = run(web.url, rooms, players, rounds, type_s)
+        wall = time.perf_counter() - wall0
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"CPU during the load: web worker {cpu_seconds(workers) - cpu0:.1f}s, this load generator "
+              f"{time.process_time() - bench0:.1f}s, over {wall:.1f}s of wall time on {os.cpu_count()} cores "
+              f"(load average {load:.1f}: other processes share the cores)", flush=True)
         print(f"rooms: rooms={rooms} players={result['players']} bar_updates_per_s={result['bar_updates_per_s']:.1f} "
               f"p50_ms={result['p50_ms']:.1f} p99_ms={result['p99_ms']:.1f} errors={result['errors']}", flush=True)
         return 0

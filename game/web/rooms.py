@@ -1,5 +1,6 @@
 """Play with friends on the web: the pages (create, join by code, the room), the round pictures,
-the room link's QR code, and the websocket side of rooms (room messages, the room hub, the ticker).
+the room link's QR code, the room's state as JSON (the page's HTTP fallback), and the websocket
+side of rooms (room messages, the room hub, the ticker).
 
 The room page is server-rendered and driven by static/room.js over the same /ws as the
 daily game. Each web process runs one room hub (a BoardHub on the cap:roomev:* channels)
