@@ -56,7 +56,8 @@ LAYERS = [
                    "game.judge",
                    "game.skeleton")),  # nickname look-alike skeletons (arrives with branch fix/names)
     ("store", 2, ("game.store",)),
-    ("service", 3, ("game.service", "game.rooms")),  # the daily game and Play with friends
+    ("service", 3, ("game.service", "game.rooms",  # the daily game and Play with friends
+                    "game.explain")),  # why a caption scored that (word effects, heatmaps)
     ("generation", 3, ("game.generation",)),
     ("web", 4, ("game.web",)),
     ("cli", 4, ("game.cli",)),
