@@ -15,18 +15,18 @@ Who may see what (a running ranked day is a puzzle, not a lesson):
 Both are rate-limited like submissions (the store's Redis token bucket, own key).
 
 Where they run, and why here: in the web process, which already holds the
-judge. Word contributions are one bulk `Scorer.embed_texts` call, which yields
-to waiting live drafts between chunks. Heatmaps (a forward and a backward pass
-of the image tower, ~0.1-1 s on CPU) run on one `HeatmapLane` thread per
-process at a lower OS priority (nice +10 on the thread: the kernel schedules
-request threads and the scorer's batching thread first), and between the
-tower's blocks wait while the scorer has live drafts queued; the lane's queue
-is small and a full one answers "busy" at once. The generator worker was the
-alternative: it holds no CLIP text tower, and a queue round trip would add its
-polling delay to a click for no gain in isolation (bench/explain.py measures
-the typing load's p99 with and without explanations). Results are cached in
-Redis per (model, target, caption) for a week; a cached answer is returned at
-once (after the rate limit).
+model, on an `ExplainLane` (one per process): a single thread at a lower OS
+priority (nice +10 on the thread: the kernel schedules request threads and
+the live scorer's batching thread first) with its own Scorer over the same
+model, so explanations never hold the live scorer's compute lock; it waits
+while live drafts are queued before each job and between the image tower's
+blocks. The lane's queue is small and a full one answers "busy" at once.
+bench/explain.py measures the typing load's p99 with and without explanations
+(sharing the live scorer's lock for the 13-caption batch tripled it; the lane
+keeps it near 1x). The generator worker was the alternative: it holds no CLIP
+text tower, and a queue round trip would add its polling delay to a click for
+no gain in isolation. Results are cached in Redis per (model, target, caption)
+for a week; a cached answer is returned at once (after the rate limit).
 """
 from __future__ import annotations
 
@@ -54,14 +54,50 @@ LANE_TIMEOUT_S = 30.0
 LIVE_YIELD_S = 0.5  # the most a heatmap waits for queued live drafts before each block
 
 
-class HeatmapLane:
-    """One low-priority thread that runs heatmaps one at a time; `run(fn)` waits for fn's result."""
+def yield_to_live(scorer, limit_s: float = LIVE_YIELD_S) -> None:
+    """Wait (at most `limit_s`) while the scorer has live drafts queued: they go first."""
+    deadline = time.monotonic() + limit_s
+    while scorer.stats()["queue_depth"] and time.monotonic() < deadline:
+        time.sleep(0.002)
 
-    def __init__(self, max_queue: int = LANE_QUEUE, nice: int = LANE_NICE):
+
+class ExplainLane:
+    """Explanations for one process, off the live path: one low-priority thread, its own scorer.
+
+    Every explanation (word contributions, heatmaps) runs on one thread at nice +LANE_NICE,
+    one at a time, and before each job waits (bounded) while the live scorer has drafts
+    queued. Its text embeddings come from a second `Scorer` over the same loaded model: the
+    same code and weights, so the same numbers (tests hold both to 1e-5 of open_clip), but
+    its own compute lock, so a 13-caption batch never makes a live draft wait for the live
+    scorer's lock (measured in bench/explain.py: sharing it tripled the typing p99), and its
+    bulk compute runs in the niced lane thread. `run(fn)` waits for the result; a full
+    queue answers "busy" at once.
+    """
+
+    def __init__(self, live_scorer, *, max_queue: int = LANE_QUEUE, nice: int = LANE_NICE):
+        from engine.scorer import Scorer
+        self.live = live_scorer
+        self.clip = live_scorer.clip
+        self.scorer = Scorer(self.clip, max_caption_chars=live_scorer.max_caption_chars, cache_size=2048,
+                             stream_cache_size=1, stream_cache_mb=1.0, num_threads=live_scorer.num_threads)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._nice = nice
         self._thread = threading.Thread(target=self._loop, name="explain-lane", daemon=True)
         self._thread.start()
+
+    def words(self, caption: str, image_embedding):
+        """engine.explain.word_contributions on the lane (one bulk batch of the lane's scorer)."""
+        from engine.explain import word_contributions
+        return self.run(lambda: word_contributions(self.scorer, caption, image_embedding))
+
+    def heatmap(self, caption: str, image):
+        """engine.explain.relevance_map on the lane, yielding to live drafts between the tower's blocks."""
+        from engine.explain import relevance_map
+
+        def job():
+            text = self.scorer.embed_texts([caption])[0]
+            return relevance_map(self.clip, image, text, between=lambda: yield_to_live(self.live))
+        return self.run(job)
 
     def run(self, fn: Callable, timeout: float = LANE_TIMEOUT_S):
         future: Future = Future()
@@ -81,6 +117,7 @@ class HeatmapLane:
             fn, future = self._queue.get()
             if not future.set_running_or_notify_cancel():
                 continue
+            yield_to_live(self.live)
             try:
                 future.set_result(fn())
             except BaseException as exc:  # the caller gets it; the lane lives on
@@ -90,11 +127,10 @@ class HeatmapLane:
 class Explainer:
     """Word contributions and heatmaps for the game's puzzles, cached, rate-limited, priority-aware."""
 
-    def __init__(self, game, clip, *, rate=(2.0, 10), lane: Optional[HeatmapLane] = None):
-        self.game, self.store, self.scorer = game, game.store, game.scorer
-        self.clip = clip
+    def __init__(self, game, *, rate=(2.0, 10), lane: Optional[ExplainLane] = None):
+        self.game, self.store = game, game.store
         self.rate = rate
-        self.lane = lane or HeatmapLane()
+        self.lane = lane or ExplainLane(game.scorer)
 
     # -- actions ---------------------------------------------------------------------------------
     def words(self, player_id: str, msg: dict) -> dict:
@@ -111,10 +147,9 @@ class Explainer:
         key = self._cache_key("words", target_id, caption)
         cached = self._cached(key)
         if cached is None:
-            from engine.explain import word_contributions
             from engine.scorer import CaptionError
             try:
-                cached = word_contributions(self.scorer, caption, self.game.embedding(target_id)).as_dict()
+                cached = self.lane.words(caption, self.game.embedding(target_id)).as_dict()
             except CaptionError as exc:
                 raise ProtocolError("bad_caption", str(exc)) from None
             self._remember(key, cached)
@@ -131,7 +166,7 @@ class Explainer:
         key = self._cache_key("heatmap", target_id, caption)
         cached = self._cached(key)
         if cached is None:
-            cached = self.lane.run(lambda: self._heatmap(target_id, caption))
+            cached = self._heatmap(target_id, caption)
             self._remember(key, cached)
         return {"type": "heatmap", **where, "caption": caption, **cached}
 
@@ -161,17 +196,10 @@ class Explainer:
 
     def _heatmap(self, target_id: str, caption: str) -> dict:
         from PIL import Image
-        from engine.explain import relevance_map
-        text = self.scorer.embed_texts([caption])[0]  # the bulk path: yields to live drafts
         image = Image.open(io.BytesIO(self.store.target_image(target_id)))
-        heat = relevance_map(self.clip, image, text, between=self._yield_to_live)
+        heat = self.lane.heatmap(caption, image)
         log.info("heatmap %s in %.0f ms", target_id, heat.ms)
         return heat.as_dict()
-
-    def _yield_to_live(self) -> None:
-        deadline = time.monotonic() + LIVE_YIELD_S
-        while self.scorer.stats()["queue_depth"] and time.monotonic() < deadline:
-            time.sleep(0.002)
 
     def _cache_key(self, kind: str, target_id: str, caption: str) -> str:
         digest = hashlib.sha256(caption.encode("utf-8", "surrogatepass")).hexdigest()[:32]

@@ -81,6 +81,5 @@ def heatmap():
 def init_app(app) -> None:
     from game.explain import Explainer
     game = app.extensions["game"]
-    app.extensions["explainer"] = Explainer(game, app.extensions["scorer"].clip,
-                                            rate=(app.config["SUBMIT_RATE"], app.config["SUBMIT_BURST"]))
+    app.extensions["explainer"] = Explainer(game, rate=(app.config["SUBMIT_RATE"], app.config["SUBMIT_BURST"]))
     app.register_blueprint(bp)

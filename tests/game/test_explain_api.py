@@ -160,3 +160,37 @@ def test_explanations_are_rate_limited_like_submissions(tmp_path, redis_url, red
     resp = post(client, "words", {"puzzle": puzzle.id, "caption": "again"})
     err(resp, 429, "slow_down")
     assert resp.headers["Retry-After"] == "1"
+
+
+def test_a_full_lane_answers_busy_at_once(tiny_clip):
+    """One explanation at a time per process; one more may wait; the next is told "busy" without waiting."""
+    import threading
+
+    from engine.scorer import Scorer
+    from game.explain import ExplainLane
+    from game.service import ProtocolError
+    live = Scorer(tiny_clip)
+    lane = ExplainLane(live, max_queue=1)
+    release, started = threading.Event(), threading.Event()
+    try:
+        first = threading.Thread(target=lambda: lane.run(lambda: (started.set(), release.wait(10))))
+        first.start()
+        assert started.wait(10)  # the lane is busy with the first job
+        second = threading.Thread(target=lambda: lane.run(lambda: None))
+        second.start()
+        for _ in range(200):  # until the second job sits in the queue
+            if lane._queue.qsize():
+                break
+            threading.Event().wait(0.01)
+        with pytest.raises(ProtocolError) as caught:
+            lane.run(lambda: None)
+        assert caught.value.code == "busy"
+        release.set()
+        first.join(10)
+        second.join(10)
+        got = lane.words("a red barn", live.embed_image(Image.new("RGB", (64, 64), (200, 30, 30))))
+        assert got.words == ["a", "red", "barn"]  # and it works again
+    finally:
+        release.set()
+        live.close()
+        lane.scorer.close()
