@@ -23,7 +23,10 @@ against scoring its two captions on their own through open_clip's path
   explain: words=<n> words_p50_ms=<a> heatmap_p50_ms=<b> max_abs_diff=<d>
 
 after a line with the typing load's p99 alone and with explanations and their
-ratio (target <= 1.2). Targets on the 2-core box: words_p50_ms <= 300,
+ratio (target <= 1.2). An earlier line gives the explanations' cost with nobody
+typing, which on a machine shared with other work shows how much of the figures
+under load is the lane's low priority rather than compute. --nice and
+--switch-ms try other lane settings. Targets on the 2-core box: words_p50_ms <= 300,
 heatmap_p50_ms <= 1500, max_abs_diff <= 1e-5.
 
 Usage: PYTHONPATH=. python bench/explain.py [--quick] [--rounds N] [--seconds S] [--typists N]
@@ -37,6 +40,7 @@ import importlib.util
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -93,6 +97,7 @@ class Typists:
         self.scorer, self.image, self.think = scorer, image_emb, think_s
         self.samples: list[float] = []
         self.recording = False
+        self.paused = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(i, seed + i, scoring), daemon=True)
@@ -107,6 +112,8 @@ class Typists:
             for draft in scoring.typing_drafts(caption, rng):
                 if self._stop.is_set():
                     return
+                while self.paused.is_set() and not self._stop.is_set():
+                    time.sleep(0.05)
                 started = time.perf_counter()
                 self.scorer.score(draft, self.image, stream=f"typist{index}")
                 took = (time.perf_counter() - started) * 1000
@@ -140,6 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=4321)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: cores - 1)")
+    parser.add_argument("--nice", type=int, default=None, help="the lane thread's nice (default game.explain.LANE_NICE)")
+    parser.add_argument("--switch-ms", type=float, default=None, help="GIL switch interval for this run (default: the lane's 1 ms; Python's own is 5)")
     parser.add_argument("--only", choices=("words", "heatmap"), default=None,
                         help="explain with one kind only (to see which one costs the typists)")
     args = parser.parse_args(argv)
@@ -150,11 +159,14 @@ def main(argv=None) -> int:
     clip = load_clip(args.model, "random")
     scoring = _scoring()
     print(f"model: {clip.describe()}; torch {torch.__version__}, {threads} intra-op threads; "
-          f"CPU {cpu_name()}, {len(os.sched_getaffinity(0))} cores, ISA {isa()}")
+          f"CPU {cpu_name()}, {len(os.sched_getaffinity(0))} cores, ISA {isa()}, load average "
+          f"{os.getloadavg()[0]:.1f}")
     scorer = Scorer(clip)
     picture = scene(clip.image_size)
     image_emb = scorer.embed_image(picture)
-    lane = ExplainLane(scorer, max_queue=1)
+    lane = ExplainLane(scorer, max_queue=1, **({} if args.nice is None else {"nice": args.nice}))
+    if args.switch_ms:  # after the lane, which sets the production value (game.explain.GIL_SWITCH_S)
+        sys.setswitchinterval(args.switch_ms / 1000)
     rng = random.Random(args.seed)
     typists = Typists(scorer, image_emb, args.typists, args.think_ms / 1000, args.seed, scoring)
     typists.start()
@@ -163,6 +175,20 @@ def main(argv=None) -> int:
     alone, loaded = [], []
 
     lane.heatmap("a warm up caption", picture)
+    typists.paused.set()  # the explanations' own cost on this machine now, with nobody typing
+    time.sleep(0.5)
+    solo_words, solo_heat = [], []
+    for i in range(3):
+        caption = f"{scoring.make_caption(rng, WORDS - 1)} solo{i}"
+        started = time.perf_counter()
+        lane.words(caption, image_emb)
+        solo_words.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        lane.heatmap(caption, picture)
+        solo_heat.append((time.perf_counter() - started) * 1000)
+    typists.paused.clear()
+    print(f"alone (nobody typing): words p50 {np.percentile(solo_words, 50):.1f} ms, "
+          f"heatmap p50 {np.percentile(solo_heat, 50):.1f} ms", flush=True)
     for r in range(rounds):
         typists.take()
         typists.recording = True

@@ -42,3 +42,12 @@ def test_explain_script_is_served_under_the_csp(client):
     body = resp.get_data(as_text=True)
     assert "eval(" not in body and "innerHTML" not in body  # captions are only ever set as text
     assert "/api/explain/" in body
+
+
+def test_how_page_explains_both_with_pictures(client):
+    page = text(client.get("/how"))
+    assert "Why did my caption score that?" in page and "Where CLIP looked" in page and "Chefer" in page
+    for name in ("explain_words.png", "explain_heatmap.png"):
+        assert f"/static/how/{name}" in page
+        resp = client.get(f"/static/how/{name}")
+        assert resp.status_code == 200 and resp.mimetype == "image/png"

@@ -18,7 +18,9 @@ from tests.system.test_browser import browser, context_factory, shot  # noqa: F4
 
 pytestmark = pytest.mark.browser
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "screenshots"  # the README's pictures
+HOW = ROOT / "game" / "web" / "static" / "how"  # the same pictures, served to the /how page
 
 
 def picture(i: int) -> bytes:
@@ -93,7 +95,9 @@ def test_reveal_shows_word_contributions_and_where_clip_looked(app, live_server,
     assert barn.locator(".num").is_visible()
     assert barn.locator(".num").inner_text() == spoken
     shot(page, "explain_words")
-    section.screenshot(path=str(DOCS / "explain_words.png"))
+    for folder in (DOCS, HOW):
+        folder.mkdir(exist_ok=True)
+        section.screenshot(path=str(folder / "explain_words.png"))
 
     toggle = section.get_by_role("button", name="Where CLIP looked")
     toggle.focus()
@@ -106,7 +110,8 @@ def test_reveal_shows_word_contributions_and_where_clip_looked(app, live_server,
     assert abs(box["width"] - img["width"]) < 2 and abs(box["height"] - img["height"]) < 2
     page.mouse.move(0, 0)
     shot(page, "explain_heatmap")
-    section.screenshot(path=str(DOCS / "explain_heatmap.png"))
+    for folder in (DOCS, HOW):
+        section.screenshot(path=str(folder / "explain_heatmap.png"))
     toggle.click()  # and off again
     assert toggle.get_attribute("aria-pressed") == "false"
     assert section.locator("canvas.heat").is_hidden()
