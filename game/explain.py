@@ -131,13 +131,26 @@ class ExplainLane:
                 future.set_exception(exc)
 
 
+_lanes: dict[int, ExplainLane] = {}
+_lanes_lock = threading.Lock()
+
+
+def lane_for(live_scorer) -> ExplainLane:
+    """The process's lane for a live scorer (the judge is loaded once per process; so is its lane)."""
+    with _lanes_lock:
+        lane = _lanes.get(id(live_scorer))
+        if lane is None or lane.live is not live_scorer:
+            lane = _lanes[id(live_scorer)] = ExplainLane(live_scorer)
+        return lane
+
+
 class Explainer:
     """Word contributions and heatmaps for the game's puzzles, cached, rate-limited, priority-aware."""
 
     def __init__(self, game, *, rate=(2.0, 10), lane: Optional[ExplainLane] = None):
         self.game, self.store = game, game.store
         self.rate = rate
-        self.lane = lane or ExplainLane(game.scorer)
+        self.lane = lane or lane_for(game.scorer)
 
     # -- actions ---------------------------------------------------------------------------------
     def words(self, player_id: str, msg: dict) -> dict:
