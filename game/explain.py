@@ -22,8 +22,8 @@ model, so explanations never hold the live scorer's compute lock; it waits
 while live drafts are queued before each job and between the image tower's
 blocks. The lane's queue is small and a full one answers "busy" at once.
 bench/explain.py measures the typing load's p99 with and without explanations
-(sharing the live scorer's lock for the 13-caption batch tripled it; the lane
-keeps it near 1x). The generator worker was the alternative: it holds no CLIP
+(word contributions on the live scorer, sharing its compute lock, made it
+2-15x on this 2-core machine; on the lane it stays near 1x). The generator worker was the alternative: it holds no CLIP
 text tower, and a queue round trip would add its polling delay to a click for
 no gain in isolation. Results are cached in Redis per (model, target, caption)
 for a week; a cached answer is returned at once (after the rate limit).
@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Callable, Optional
 
 from game.service import ProtocolError
@@ -49,7 +50,7 @@ log = logging.getLogger("captionary.explain")
 
 _TARGET_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CACHE_TTL_S = 7 * 24 * 3600
-LANE_QUEUE = 4  # heatmaps waiting per process; more answer "busy"
+LANE_QUEUE = 4  # explanations waiting per process; more answer "busy"
 LANE_NICE = 10
 LANE_TIMEOUT_S = 30.0
 LIVE_YIELD_S = 0.5  # the most a heatmap waits for queued live drafts before each block
@@ -113,7 +114,12 @@ class ExplainLane:
         except queue.Full:
             raise ProtocolError("busy", "the judge is busy explaining other captions; try again in a moment") \
                 from None
-        return future.result(timeout=timeout)
+        try:
+            return future.result(timeout=timeout)
+        except FuturesTimeout:
+            future.cancel()  # if it has not started, it never will
+            raise ProtocolError("busy", "the judge is too busy to explain that right now; try again later") \
+                from None
 
     def _loop(self) -> None:
         try:  # Linux: a thread is a task, so this lowers this thread alone

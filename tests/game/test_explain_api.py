@@ -163,7 +163,8 @@ def test_explanations_are_rate_limited_like_submissions(tmp_path, redis_url, red
 
 
 def test_a_full_lane_answers_busy_at_once(tiny_clip):
-    """One explanation at a time per process; one more may wait; the next is told "busy" without waiting."""
+    """One explanation at a time per process; one more may wait; the next is told "busy" without waiting,
+    and so is one that waited past its timeout."""
     import threading
 
     from engine.scorer import Scorer
@@ -188,6 +189,16 @@ def test_a_full_lane_answers_busy_at_once(tiny_clip):
         release.set()
         first.join(10)
         second.join(10)
+        release.clear()
+        started.clear()
+        third = threading.Thread(target=lambda: lane.run(lambda: (started.set(), release.wait(10))))
+        third.start()
+        assert started.wait(10)
+        with pytest.raises(ProtocolError) as late:  # queued, but not answered in time: busy, and dropped
+            lane.run(lambda: None, timeout=0.1)
+        assert late.value.code == "busy"
+        release.set()
+        third.join(10)
         got = lane.words("a red barn", live.embed_image(Image.new("RGB", (64, 64), (200, 30, 30))))
         assert got.words == ["a", "red", "barn"]  # and it works again
     finally:
