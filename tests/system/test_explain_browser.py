@@ -116,3 +116,23 @@ def test_reveal_shows_word_contributions_and_where_clip_looked(app, live_server,
     assert toggle.get_attribute("aria-pressed") == "false"
     assert section.locator("canvas.heat").is_hidden()
     assert not page.console_errors and not errors, (page.console_errors, errors)
+
+
+def test_practice_attempt_gets_why_and_the_heatmap(live_server, revealed, context_factory):  # noqa: F811
+    """The play page adds attempts by script; each new one gets its Why? button (past day: the map too)."""
+    page = context_factory(bypass_csp=False)
+    p = revealed[1]
+    page.goto(f"{live_server.url}/play/{p.date}/{p.index}")
+    page.locator("#caption").fill("a red barn and a yellow sun")
+    page.keyboard.press("Enter")
+    attempt = page.locator("#attempts li").first
+    attempt.locator("button.why").wait_for()
+    attempt.locator("button.why").click()
+    words = attempt.locator("ul.words li.word")
+    words.first.wait_for()
+    assert [w.locator(".w").inner_text() for w in words.all()] == "a red barn and a yellow sun".split()
+    toggle = attempt.get_by_role("button", name="Where CLIP looked")
+    toggle.click()
+    page.wait_for_selector("canvas.heat:not([hidden])")
+    assert toggle.get_attribute("aria-pressed") == "true"
+    assert not page.console_errors
