@@ -1,6 +1,9 @@
 """"Why this score?" in real Chromium with the site's CSP on: a reveal page's word contributions
 and the where-CLIP-looked overlay, by keyboard, with the screenshots the README and /how show
-(docs/screenshots/explain_words.png, explain_heatmap.png).
+(docs/screenshots/explain_words.png, explain_heatmap.png, and their copies in static/how/).
+Every run saves them to test-artifacts/; with CAPTIONARY_UPDATE_SCREENSHOTS=1 it also replaces
+the committed ones (they differ by a few pixels from run to run, so a plain test run must not
+leave every checkout with modified files).
 
 The judge is the tiny random CLIP, so the numbers and the map are not meaningful; the test checks
 that what the page shows is what the server computed.
@@ -8,6 +11,7 @@ that what the page shows is what the server computed.
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +25,15 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "screenshots"  # the README's pictures
 HOW = ROOT / "game" / "web" / "static" / "how"  # the same pictures, served to the /how page
+UPDATE = os.environ.get("CAPTIONARY_UPDATE_SCREENSHOTS") == "1"
+
+
+def save(section, name: str) -> None:
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
+    section.screenshot(path=str(ROOT / "test-artifacts" / f"{name}_section.png"))
+    for folder in (DOCS, HOW) if UPDATE else ():
+        folder.mkdir(exist_ok=True)
+        section.screenshot(path=str(folder / f"{name}.png"))
 
 
 def picture(i: int) -> bytes:
@@ -95,9 +108,7 @@ def test_reveal_shows_word_contributions_and_where_clip_looked(app, live_server,
     assert barn.locator(".num").is_visible()
     assert barn.locator(".num").inner_text() == spoken
     shot(page, "explain_words")
-    for folder in (DOCS, HOW):
-        folder.mkdir(exist_ok=True)
-        section.screenshot(path=str(folder / "explain_words.png"))
+    save(section, "explain_words")
 
     toggle = section.get_by_role("button", name="Where CLIP looked")
     toggle.focus()
@@ -110,8 +121,7 @@ def test_reveal_shows_word_contributions_and_where_clip_looked(app, live_server,
     assert abs(box["width"] - img["width"]) < 2 and abs(box["height"] - img["height"]) < 2
     page.mouse.move(0, 0)
     shot(page, "explain_heatmap")
-    for folder in (DOCS, HOW):
-        section.screenshot(path=str(folder / "explain_heatmap.png"))
+    save(section, "explain_heatmap")
     toggle.click()  # and off again
     assert toggle.get_attribute("aria-pressed") == "false"
     assert section.locator("canvas.heat").is_hidden()
