@@ -51,7 +51,12 @@ def _page(code=None, expires=None, error=None, status=200):
                            code=rules.format_carry_code(code) if code else None,
                            expires=_clock_time(expires) if expires else None,
                            minutes=rules.CARRY_TTL_S // 60, error=error,
-                           can_switch_back=players.is_valid_player_id(previous) and previous != pid), status
+                           can_switch_back=_has_history(previous) and previous != pid), status
+
+
+def _has_history(pid) -> bool:
+    # Offer "switch back" only to a player with something to go back to (a fresh cookie has none).
+    return players.is_valid_player_id(pid) and bool(_history().played_days(pid))
 
 
 def _clock_time(unix_s: float) -> str:
