@@ -210,3 +210,22 @@ def test_two_redeems_racing_only_one_wins(hs):
     for t in threads:
         t.join()
     assert wins == [P1] and errors == ["used_code"] * 7
+
+
+def test_memory_benchmark_runs_and_its_index_rebuilds_exactly():
+    """bench/history.py keeps working (its report, not its numbers): small run, checked last line."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(root / "bench" / "history.py"), "--players", "30", "--days", "3"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    match = re.match(r"^history: submissions=270 bytes_per_submission=(\d+) index_bytes_per_submission=([\d.]+) "
+                     r"index_bytes_per_player_day=([\d.]+) index_share=([\d.]+)% history_read_p50_ms=([\d.]+) "
+                     r"reindex_s=([\d.]+)$", last)
+    assert match, last
+    assert 0 < float(match.group(2)) < int(match.group(1))
+    assert proc.stdout.startswith("CPU: ")
