@@ -101,9 +101,11 @@ def redeem():
         resp = render_template("carry.html", code=typed, error=str(exc), length=rules.CARRY_LENGTH,
                                days=len(hs.played_days(pid)))
         return resp, status, ({"Retry-After": "60"} if status == 429 else {})
-    if new_pid != pid:
-        session["previous_player"] = pid
-    session["player"] = new_pid
+    if new_pid == pid:
+        flash("That code was made in this browser: it already shows that history. Type it on your other device.",
+              "info")
+        return redirect(url_for("history.me"))
+    session["previous_player"], session["player"] = pid, new_pid
     session.permanent = True
     flash("This browser now shows your history from your other device.", "ok")
     return redirect(url_for("history.me"))

@@ -229,3 +229,17 @@ def test_memory_benchmark_runs_and_its_index_rebuilds_exactly():
     assert match, last
     assert 0 < float(match.group(2)) < int(match.group(1))
     assert proc.stdout.startswith("CPU: ")
+
+
+def test_backups_keep_the_index_but_not_live_carry_codes(store, pool, hs, tmp_path):
+    from game.store import backup
+    store.submit(P1, _ids(store)[0], "kept", 0.2)
+    code, _ = hs.create_carry_code(P1)
+    backup.export_all(store.r, tmp_path / "bk")
+    keys = [json.loads(line)["key"] for line in (tmp_path / "bk" / "keys.jsonl").read_text().splitlines()]
+    assert store.days_played_key(P1) in keys and not any(k.startswith("cap:carry:") for k in keys)
+    store.r.flushall()
+    backup.import_all(store.r, tmp_path / "bk")
+    assert [d for d, _ in hs.played_days(P1)] == [store.today()]
+    with pytest.raises(rules.CarryCodeError):
+        hs.redeem_carry_code(code)

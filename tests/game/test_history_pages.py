@@ -99,6 +99,14 @@ def test_a_code_carries_the_player_to_another_browser(app, client, seeded):
     assert public_player(page) != mine and "phone&#39;s own caption" in page
 
 
+def test_a_code_typed_in_its_own_browser_changes_nothing(client, seeded):
+    before = public_player(text(client.get("/me")))
+    assert client.post("/carry", data={"code": make_code(client)}).status_code == 302
+    page = text(client.get("/me"))
+    assert public_player(page) == before and "That code was made in this browser" in page
+    assert "Switch back to it" not in page
+
+
 def test_code_errors_are_clear_and_change_nothing(app, client, seeded, clock):
     code = make_code(client)
     other = app.test_client()
