@@ -27,6 +27,7 @@ from typing import Optional
 from game import history as rules
 from game import players as players_mod
 from game import puzzles as pz
+from game.store import Q_SCALE, _decode_day
 
 CARRY_KEEP_S = 3600  # how long a used or expired code still answers "used"/"expired"
 
@@ -97,7 +98,6 @@ class HistoryStore:
 
     def history(self, player_id: str) -> History:
         """Everything the history page shows, in two pipelined round trips after the index read."""
-        from game.store import Q_SCALE, _decode_day
         if not players_mod.is_valid_player_id(player_id):
             raise ValueError("not a valid player id")
         s, m = self.store, self.store._m
