@@ -63,6 +63,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     connlimits.init_app(app)  # before the pages and /ws, which read its limits
     pages.init_app(app)
     room_pages.init_app(app)  # Play with friends: /rooms/...
+    from game.web import history as history_pages
+    history_pages.init_app(app)  # Your history: /me, /carry
     api.init_app(app)
     from game.web import explain as explain_api
     explain_api.init_app(app)  # why a caption scored that: /api/explain/...
