@@ -7,7 +7,7 @@ environment (`CAPTIONARY_*` via `from_prefixed_env`, plus `REDIS_URL`), then
 web blueprints (game.web) and the commands (game.cli); nothing imports it
 but gunicorn, `flask --app game` and the tests. Shared clients are built once here and read through
 `current_app.extensions`: "redis", "store", "scorer", "judge", "game",
-"board_hub", "rooms", "room_hub". Every module registers itself (blueprint or `init_app`), and
+"board_hub", "rooms", "room_hub", "explainer". Every module registers itself (blueprint or `init_app`), and
 modules are imported inside the factory so importing `game` stays cheap and
 free of cycles.
 """
@@ -64,7 +64,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     connlimits.init_app(app)  # before the pages and /ws, which read its limits
     pages.init_app(app)
     room_pages.init_app(app)  # Play with friends: /rooms/...
+    from game.web import history as history_pages
+    history_pages.init_app(app)  # Your history: /me, /carry
     api.init_app(app)
+    from game.web import explain as explain_api
+    explain_api.init_app(app)  # why a caption scored that: /api/explain/...
     ws.init_app(app)
     play.init_app(app)
     from game.web import ops, security  # hardening: /healthz /readyz /metrics, JSON logs, SIGTERM drain; headers

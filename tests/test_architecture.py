@@ -53,10 +53,11 @@ PACKAGES = ("engine", "game")
 LAYERS = [
     ("engine", 0, ("engine",)),
     ("domain", 1, ("game.config", "game.errors", "game.puzzles", "game.players", "game.hints", "game.photos",
-                   "game.judge",
+                   "game.judge", "game.history",  # game.history: streak, percentile and carry-code rules
                    "game.skeleton")),  # nickname look-alike skeletons (arrives with branch fix/names)
     ("store", 2, ("game.store",)),
-    ("service", 3, ("game.service", "game.rooms")),  # the daily game and Play with friends
+    ("service", 3, ("game.service", "game.rooms",  # the daily game and Play with friends
+                    "game.explain")),  # why a caption scored that (word effects, heatmaps)
     ("generation", 3, ("game.generation",)),
     ("web", 4, ("game.web",)),
     ("cli", 4, ("game.cli",)),

@@ -342,6 +342,16 @@ def players_register_names():
     click.echo(f"registered {count} nickname{'' if count == 1 else 's'}")
 
 
+@players.command("reindex")
+@admin_errors
+def players_reindex():
+    """Backfill each player's days-played index from the daily boards (after upgrading; safe to repeat)."""
+    from game.store.history import HistoryStore
+    days, added = HistoryStore(_ext("store")).reindex()
+    click.echo(f"read {days} day{'' if days == 1 else 's'}; added {added} day{'' if added == 1 else 's'} "
+               "to players' histories")
+
+
 # -- models ---------------------------------------------------------------
 
 def _models_dir() -> Optional[str]:

@@ -28,6 +28,7 @@ Key layout (strings in `{}` are ids; "q" is a score in integer micro-units):
   cap:m:{mid}:pz:{puzzle}:best  hash   pid -> JSON {q, score, caption, seq, ms}
   cap:m:{mid}:pz:{puzzle}:count hash   pid -> ranked submissions made
   cap:m:{mid}:pz:{puzzle}:att:{pid}      list JSON attempts, oldest first
+  cap:m:{mid}:player:{pid}:days zset   date -> epoch day: days with a ranked submission (history page)
   cap:m:{mid}:practice:{puzzle}:best     hash / ...:att:{pid} list: past-day practice, never ranked
   cap:m:{mid}:vocab             hash   hint vocabulary embeddings (words sha, dim, matrix)
   channel cap:m:{mid}:live:{puzzle}     pub/sub: leaderboard changes
@@ -351,11 +352,11 @@ class Store(TargetsMixin):
         self.freeze_day(puzzle.date)  # a day with submissions never changes its puzzles
         p, d = self._pz(puzzle.id), self._day(puzzle.date)
         keys = [p + "count", p + "best", p + "board", d + ":seq", d + ":tot", d + ":board", d + ":log",
-                f"{p}att:{player_id}"]
+                f"{p}att:{player_id}", self.days_played_key(player_id)]
         pinned_today = "" if isinstance(self.clock, RedisClock) else str(int(self.now() // 86400))
         reply = self._submit(keys=keys, args=[player_id, _q(score), repr(score), caption, now_ms,
                                               self.max_submissions, puzzle.id, pz.epoch_day(puzzle.date),
-                                              pinned_today])
+                                              pinned_today, puzzle.date])
         if reply[0] == b"day":
             raise SubmissionError("day_over", f"puzzle {puzzle.id} is not today's: submissions are taken "
                                               f"only on {puzzle.date} (UTC)")
@@ -377,6 +378,10 @@ class Store(TargetsMixin):
         above = self.r.zcount(self._pz(puzzle.id) + "board", _q(score) * PUZZLE_SHIFT, "+inf")
         return SubmitResult(score=score, best=float(best_text), rank=int(above) + 1, submissions_left=None,
                             improved=bool(improved), practice=True, attempt=int(count))
+
+    def days_played_key(self, player_id: str) -> str:
+        """The player's index of days played (written by submit.lua; read by game/store/history.py)."""
+        return f"{self._m}player:{player_id}:days"
 
     def attempts(self, player_id: str, puzzle_id: str, *, practice: bool = False) -> list[Attempt]:
         """The player's submissions on a puzzle, oldest first (their own captions: always visible to them)."""

@@ -3,7 +3,7 @@
 What is saved: every key under the store's `cap:` prefix (targets and their
 settings, per-model embeddings, the ready pools, frozen puzzle days, schedules,
 players, submission logs, puzzle and daily boards, reveals' data), except the
-rate-limit buckets and locks (`cap:rl:`, `cap:lock:`), which are ephemeral. The format is plain files
+rate-limit buckets, locks and one-time carry codes (`cap:rl:`, `cap:lock:`, `cap:carry:`), which are ephemeral. The format is plain files
 so a backup can be inspected and diffed:
 
   DIR/manifest.json   format, creation time, counts, and the sha256 of each file
@@ -37,7 +37,7 @@ import redis
 from game.errors import AdminError
 
 PREFIX = "cap:"
-SKIP_PREFIXES = ("cap:rl:", "cap:lock:")  # rate-limit buckets and locks are ephemeral
+SKIP_PREFIXES = ("cap:rl:", "cap:lock:", "cap:carry:")  # buckets, locks, 10-minute codes: ephemeral
 IMAGE_SUFFIX = ":image"
 FORMAT = "captionary-export-1"
 KEYS_FILE = "keys.jsonl"

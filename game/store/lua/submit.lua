@@ -1,11 +1,13 @@
 -- Records one ranked submission atomically (see game/store/__init__.py for the key layout;
 -- _attempts.lua is prepended).
 -- KEYS: 1 count hash, 2 best hash, 3 puzzle board zset, 4 day seq counter,
---       5 day totals hash, 6 day board zset, 7 day log stream, 8 player's attempts list
+--       5 day totals hash, 6 day board zset, 7 day log stream, 8 player's attempts list,
+--       9 player's days-played zset (date -> days since 1970-01-01: the history page's index)
 -- ARGV: 1 player id, 2 q (score in micro-units, integer), 3 score (exact text),
 --       4 caption, 5 time ms, 6 max submissions, 7 puzzle id,
 --       8 the puzzle's day (days since 1970-01-01, UTC),
---       9 today's day number from a pinned test clock, or "" for the Redis server's TIME
+--       9 today's day number from a pinned test clock, or "" for the Redis server's TIME,
+--       10 the puzzle's day as YYYY-MM-DD
 -- Returns {"day", today} when the puzzle's day is not today by the server's clock (the one
 -- clock every process shares, so a web process with a skewed clock cannot record into
 -- yesterday or tomorrow), {"cap", count} when the cap is reached (nothing written either way), else
@@ -36,6 +38,7 @@ local seq = redis.call('INCR', KEYS[4])
 redis.call('XADD', KEYS[7], '*', 'player', player, 'puzzle', puzzle, 'caption', caption,
            'score', score, 'q', ARGV[2], 'seq', seq, 'ms', now_ms)
 append_attempt(KEYS[8], caption, score, now_ms, tostring(seq), nil)
+redis.call('ZADD', KEYS[9], ARGV[8], ARGV[10])
 
 local improved, old_q = keep_best(KEYS[2], player, q, {q = ARGV[2], score = score, caption = caption,
                                                        seq = tostring(seq), ms = now_ms})

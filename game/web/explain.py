@@ -1,0 +1,85 @@
+"""HTTP JSON endpoints for explanations (game/explain.py), in the style of game/web/api.py:
+
+  POST /api/explain/words    {puzzle | target, caption}
+       -> {type: "words", puzzle | target, caption, score, words: [{word, effect}]}
+  POST /api/explain/heatmap  {puzzle | target, caption}
+       -> {type: "heatmap", puzzle | target, caption, rows, cols, grid, score}
+
+Same body rules as the other POSTs (JSON content type, same-site Origin, the
+frame size limit) and the same error replies {type: "error", code, message};
+new codes: not_submitted (403), running_day (409), pool_target (403). Over
+HTTP rather than the websocket: an explanation is a click, not a stream, and the
+reveal page has no socket.
+"""
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, current_app, jsonify, request
+
+from game.service import ProtocolError
+from game.web.api import STATUS_FOR
+from game.web.pages import current_player
+from game.web.security import origin_allowed
+
+bp = Blueprint("explain", __name__, url_prefix="/api/explain")
+
+STATUS = dict(STATUS_FOR, not_submitted=403, running_day=409, pool_target=403)
+
+
+def _reply(message: dict):
+    status = STATUS.get(message["code"], 400) if message.get("type") == "error" else 200
+    resp = jsonify(message)
+    resp.status_code = status
+    if status == 429:
+        resp.headers["Retry-After"] = "1"
+    return resp
+
+
+def _body() -> dict:
+    if not origin_allowed(request):
+        raise ProtocolError("bad_origin", "requests from other sites are refused")
+    if not request.is_json:
+        raise ProtocolError("bad_json", "send a JSON body with Content-Type: application/json")
+    raw = request.get_data(cache=False)
+    limit = current_app.config["MAX_FRAME_BYTES"] + 64
+    if len(raw) > limit:
+        raise ProtocolError("too_big", f"message of {len(raw)} bytes is over the {limit}-byte limit")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_json", "that body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_message", "the body must be a JSON object")
+    if ("puzzle" in body) == ("target" in body):
+        raise ProtocolError("missing_field", "send exactly one of \"puzzle\" or \"target\", and a \"caption\"")
+    if "caption" not in body:
+        raise ProtocolError("missing_field", "an explanation needs a \"caption\"")
+    for field in ("puzzle", "target", "caption"):
+        if field in body and not isinstance(body[field], str):
+            raise ProtocolError("bad_field", f"\"{field}\" must be a string")
+    return body
+
+
+def _run(action):
+    try:
+        return _reply(action(current_player(), _body()))
+    except ProtocolError as exc:
+        return _reply(exc.reply())
+
+
+@bp.post("/words")
+def words():
+    return _run(current_app.extensions["explainer"].words)
+
+
+@bp.post("/heatmap")
+def heatmap():
+    return _run(current_app.extensions["explainer"].heatmap)
+
+
+def init_app(app) -> None:
+    from game.explain import Explainer
+    game = app.extensions["game"]
+    app.extensions["explainer"] = Explainer(game, rate=(app.config["SUBMIT_RATE"], app.config["SUBMIT_BURST"]))
+    app.register_blueprint(bp)
