@@ -8,7 +8,7 @@ from engine.clip_model import load_clip
 from engine.embeddings import LRUCache
 from engine.scorer import (CaptionError, Scorer, ScorerClosedError, embedding_from_bytes, embedding_to_bytes,
                            validate_caption)
-from engine.text_encoder import Job, TextEncoder, partition_by_length
+from engine.text_encoder import Job, TextEncoder
 
 from tests.helpers.hard_captions import HARD_CAPTIONS
 
@@ -165,15 +165,6 @@ def test_scorer_reports_its_model(clip, scorer):
     assert scorer.model_id == "test-tiny/random" and scorer.is_pretrained is False
     assert scorer.clip is clip and scorer.encoder.fast
     assert scorer.stats()["torch_threads"] >= 1
-
-
-def test_partition_by_length_groups_similar_lengths():
-    assert partition_by_length([]) == []
-    assert partition_by_length([5]) == [[0]]
-    groups = partition_by_length([1, 1, 2, 2, 30, 30, 31], overhead=4)
-    assert groups == [[0, 1, 2, 3], [4, 5, 6]]
-    assert sum(len(g) for g in partition_by_length(list(range(1, 100)))) == 99
-    assert all(len(g) * 77 <= 200 or len(g) == 1 for g in partition_by_length([77] * 10, max_rows=200))
 
 
 def test_lru_cache_bounds_entries_and_bytes():
