@@ -6,9 +6,9 @@ produced it. The speed comes from `engine.text_encoder` (context cut at the
 end token, length-grouped batches, cached prefix keys/values per typing
 stream) and from here:
 
-* one batching thread collects the requests that arrive within
-  `batch_window_ms` of each other (at most 5 windows in all) and encodes them
-  together; the queue is bounded and a full queue raises `ScorerBusyError` at
+* one batching thread encodes everything queued while it was busy as one
+  batch (one packed forward); from idle it first collects the requests that
+  arrive within `batch_window_ms` of each other (at most 5 windows in all); the queue is bounded and a full queue raises `ScorerBusyError` at
   once instead of growing latency;
 * an LRU of token ids -> normalised embedding (captions that tokenise alike,
   e.g. differing only in spacing or case, share an entry);
@@ -113,6 +113,19 @@ def configure_torch_threads(num_threads: Optional[int] = None) -> int:
     return want
 
 
+def exact_cuda_matmuls() -> None:
+    """Make CUDA fp32 matmuls full fp32 (no TF32), as the exact path promises.
+
+    TF32 keeps 10 mantissa bits: errors near 1e-3, far beyond the 1e-5 the
+    scores are held to. The setting is process-wide; a process that serves
+    scores wants it anyway.
+    """
+    if torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32:
+        log.warning("scorer on CUDA: turning TF32 matmuls off (exact fp32 scores)")
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 class _Request:
     __slots__ = ("key", "stream", "future")
 
@@ -130,7 +143,8 @@ class Scorer:
 
     def __init__(self, clip, *, max_caption_chars: int = 200, batch_window_ms: float = 2.0,
                  max_queue: int = 1024, cache_size: int = 10_000, stream_cache_size: int = 4096,
-                 stream_cache_mb: float = 256.0, max_batch: int = 256, num_threads: Optional[int] = None):
+                 stream_cache_mb: float = 256.0, max_batch: int = 256, num_threads: Optional[int] = None,
+                 precision: str = "fp32"):
         if max_caption_chars < 1 or max_queue < 1 or max_batch < 1 or batch_window_ms < 0:
             raise ValueError("max_caption_chars, max_queue and max_batch must be >= 1; batch_window_ms >= 0")
         self.clip = clip
@@ -140,7 +154,10 @@ class Scorer:
         self.batch_window_s = batch_window_ms / 1000.0
         self.max_batch = int(max_batch)
         self.num_threads = configure_torch_threads(num_threads)
-        self.encoder = TextEncoder(clip)
+        if clip.device.type == "cuda" and precision == "fp32":
+            exact_cuda_matmuls()
+        self.encoder = TextEncoder(clip, precision=precision)
+        self.precision = precision
         self.embed_dim = int(clip.embed_dim)
         self._captions: LRUCache[np.ndarray] = LRUCache(cache_size)
         self._streams: LRUCache[Prefix] = LRUCache(stream_cache_size, int(stream_cache_mb * 2 ** 20),
@@ -155,8 +172,12 @@ class Scorer:
                            tokens_computed=0, tokens_reused=0, errors=0, compute_s=0.0)
         self._thread = threading.Thread(target=self._run, name=f"scorer[{self.model_id}]", daemon=True)
         self._thread.start()
-        log.info("scorer ready: %s, %d torch threads, fast path %s", clip.describe(), self.num_threads,
-                 "on" if self.encoder.fast else f"off ({self.encoder.problem})")
+        log.info("scorer ready: %s, %d torch threads, fast path %s, %s matmuls", clip.describe(),
+                 self.num_threads, "on" if self.encoder.fast else f"off ({self.encoder.problem})",
+                 self.encoder.linear_backend if self.encoder.fast else "open_clip")
+        if precision != "fp32":
+            log.warning("scorer precision %s: scores are close to, not exactly, open_clip's "
+                        "(bench/scoring.py --precision %s prints the error)", precision, precision)
 
     # ---- public API ---------------------------------------------------------
     def validate_caption(self, caption: Any) -> str:
@@ -245,7 +266,7 @@ class Scorer:
         out.update(queue_depth=self._queue.qsize(), caption_cache=len(self._captions),
                    stream_cache=len(self._streams), stream_cache_bytes=self._streams.nbytes,
                    stream_evictions=self._streams.evictions, torch_threads=self.num_threads,
-                   fast_path=self.encoder.fast)
+                   fast_path=self.encoder.fast, device=str(self.clip.device), precision=self.precision)
         return out
 
     def close(self) -> None:
@@ -299,13 +320,34 @@ class Scorer:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            # Under load (requests queued while the last batch computed), everything
+            # queued goes at once: waiting would only add latency (those players'
+            # next drafts come hundreds of ms later), and one pass over the weights
+            # costs about the same for 4 drafts as for 1. From idle, collect until
+            # the queue has been quiet for one window (callers woken by the
+            # previous batch resubmit a few tenths of a ms apart), but never wait
+            # more than BATCH_WINDOW_CAP windows after the first request.
+            try:
+                item, backlog = self._queue.get_nowait(), True
+            except queue.Empty:
+                item, backlog = self._queue.get(), False
             if item is _STOP:
                 return
-            # Collect until the queue has been quiet for one window (callers woken by
-            # the previous batch resubmit a few tenths of a ms apart), but never
-            # wait more than BATCH_WINDOW_CAP windows after the first request.
             batch, stop = [item], False
+            if backlog:
+                while len(batch) < self.max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._run_batch(batch)
+                if stop:
+                    return
+                continue
             first = time.monotonic()
             deadline = first + self.batch_window_s
             while len(batch) < self.max_batch:
@@ -320,15 +362,18 @@ class Scorer:
                 batch.append(item)
                 deadline = min(first + BATCH_WINDOW_CAP * self.batch_window_s,
                                time.monotonic() + self.batch_window_s)
-            try:
-                self._process(batch)
-            except BaseException as exc:  # never let the thread die with callers waiting
-                log.exception("scoring batch failed")
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
+            self._run_batch(batch)
             if stop:
                 return
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        try:
+            self._process(batch)
+        except BaseException as exc:  # never let the thread die with callers waiting
+            log.exception("scoring batch failed")
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
 
     def _process(self, batch: list[_Request]) -> None:
         owners: dict[tuple[int, ...], list[_Request]] = {}

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = ("fp32", "bf16")
 MAX_GROUP_ROWS = 4096  # bound on the new token rows of one forward call (memory)
 MAX_SLAB_SLOTS = 4096  # bound on jobs x longest caption of one call: its KV slab (~200 MB for ViT-B-32)
 SLAB_REUSE_BYTES = 64 << 20  # KV slabs up to this size reuse one buffer (typing batches)
@@ -121,7 +122,10 @@ def fast_path_problem(model) -> Optional[str]:
 class TextEncoder:
     """Encodes token keys to normalised embeddings, exactly as `model.encode_text` would."""
 
-    def __init__(self, clip):
+    def __init__(self, clip, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self.precision = precision
         model = clip.model
         self.model = model
         self.tokenizer = clip.tokenizer
@@ -140,7 +144,10 @@ class TextEncoder:
         self.head_dim = self.width // self.heads
         self._slab_buf: Optional[torch.Tensor] = None
         self.pool_eos = model.text_eos_id if model.text_pool_type == "eos" else None
-        self._linear, self.linear_backend = choose_linear(self.device)
+        if precision == "bf16":
+            self._linear, self.linear_backend = bf16_linear(self.blocks), "bf16"
+        else:
+            self._linear, self.linear_backend = choose_linear(self.device)
         act = self.blocks[0].mlp.gelu
         # Fuse exact (erf) GELU into the first MLP matmul when oneDNN does the matmuls.
         self._fuse_gelu = (self.linear_backend == "onednn" and type(act) is torch.nn.GELU
@@ -354,6 +361,32 @@ class TextEncoder:
         if buf is None or buf.numel() < numel:
             buf = self._slab_buf = torch.zeros(max(numel, 1 << 20), device=self.device)
         return buf[:numel].view(shape)
+
+
+def bf16_linear(blocks):
+    """The opt-in bf16 matmul: the blocks' weights copied once to bfloat16, fp32 in and out.
+
+    Not exact (inputs are rounded to 8 bits of mantissa before each matmul;
+    bench/scoring.py --precision bf16 prints the measured error); everything
+    else (LayerNorm, attention, residual stream, keys/values) stays fp32. The
+    model's own fp32 weights are untouched, so `encode_text` stays the reference.
+    """
+    copies: dict[int, torch.Tensor] = {}
+    for block in blocks:
+        for module in (block.attn, block.mlp.c_fc, block.mlp.c_proj):
+            for name in ("in_proj_weight", "in_proj_bias", "weight", "bias"):
+                t = getattr(module, name, None)
+                if isinstance(t, torch.Tensor):
+                    copies[id(t)] = t.detach().to(torch.bfloat16)
+        out = block.attn.out_proj
+        for t in (out.weight, out.bias):
+            if t is not None:
+                copies[id(t)] = t.detach().to(torch.bfloat16)
+
+    def linear(x, weight, bias):
+        b = copies[id(bias)] if bias is not None else None
+        return F.linear(x.to(torch.bfloat16), copies[id(weight)], b).float()
+    return linear
 
 
 def _onednn_linear(x, weight, bias):

@@ -247,3 +247,21 @@ def test_any_text_is_either_a_caption_error_or_exact(clip):
             assert np.abs(got - reference(clip, [text])[0]).max() <= TOL  # stripping changes nothing
 
         check()
+
+
+def test_bf16_path_is_opt_in_close_and_says_so(clip):
+    """bf16 matmuls: not exact, but close; the fp32 default stays exact and the model untouched."""
+    captions = ["a raccoon driving a tractor", "two owls reading a newspaper at dawn", "🦝"]
+    ref = reference(clip, captions)
+    with Scorer(clip, precision="bf16") as scorer:
+        got = np.stack([scorer.embed_text(c, stream="p") for c in captions])
+        stats = scorer.stats()
+    assert stats["precision"] == "bf16" and stats["device"] == "cpu"
+    err = float(np.abs(got - ref).max())
+    assert 1e-6 < err < 5e-2  # measurably rounded, still the same embedding
+    assert all(p.dtype == torch.float32 for p in clip.model.parameters())
+    with Scorer(clip) as scorer:
+        assert scorer.stats()["precision"] == "fp32"
+        assert np.abs(scorer.embed_text(captions[0]) - ref[0]).max() <= 1e-5
+    with pytest.raises(ValueError, match="precision"):
+        TextEncoder(clip, precision="fp8")
