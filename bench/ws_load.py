@@ -12,8 +12,9 @@ image; this keeps start-up short) and the day is frozen.
 Each simulated player loads the page over HTTP (session cookie), opens the
 websocket with the page's Origin, says hello, subscribes to its puzzle's board,
 then types captions keystroke by keystroke at human pace (120-300 ms per key,
-~60 words per minute) with the play page's rule: a draft 150 ms after the
-last keystroke, or at once after a space. After each caption it submits
+~60 words per minute) with the play page's rule: a draft once typing pauses
+for the page's PAUSE_MS (read from game/web/static/play.js; --pause-ms
+overrides it to measure other values), or at once after a space. After each caption it submits
 (while submissions remain) and starts another. Latency is measured from
 sending a draft to receiving its `score`; a draft that a newer one overtook
 gets `dropped` and counts as neither. Errors: error replies, drafts never
@@ -37,7 +38,12 @@ where drafts_per_s is the offered rate (drafts sent per second of load).
 for the largest step whose p99 stays <= 150 ms with no errors (typists=0 when
 none does); steps stop early once a p99 passes 450 ms.
 
+Each run also prints the drafts offered per typist per second (the page's
+pause decides it) and the server's torch threads (--threads N sets the web
+process's CAPTIONARY_TORCH_THREADS; default: the scorer's own choice).
+
 Usage: python bench/ws_load.py [--quick] [--capacity] [--players N] [--seconds S] [--port P] [--stalled N]
+                               [--pause-ms MS] [--threads N]
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -59,6 +66,15 @@ MODEL, PRETRAINED = "ViT-B-32", "random"
 EMBED_DIM = 512  # ViT-B-32's; targets get seeded random unit embeddings of this size
 CAPACITY_STEPS = (10, 20, 30, 45, 60, 90, 120)  # typists per step of --capacity (10, 20: where a slow box is today)
 CAPACITY_P99_MS = 150.0  # the live score's promise: a draft's score within 150 ms
+PLAY_JS = Path(__file__).resolve().parent.parent / "game" / "web" / "static" / "play.js"
+
+
+def page_pause_ms() -> float:
+    """The play page's typing pause before it sends a draft (PAUSE_MS in play.js)."""
+    match = re.search(r"\bPAUSE_MS\s*=\s*(\d+)", PLAY_JS.read_text(encoding="utf-8"))
+    if not match:
+        raise SystemExit(f"no PAUSE_MS constant in {PLAY_JS}")
+    return float(match.group(1))
 
 
 def percentile(values, q):
@@ -71,8 +87,9 @@ def percentile(values, q):
 class Player(threading.Thread):
     """One simulated typist on one websocket."""
 
-    def __init__(self, idx, base, puzzle, stop_at, stats, lock):
+    def __init__(self, idx, base, puzzle, stop_at, stats, lock, pause_s=0.15):
         super().__init__(name=f"player-{idx}", daemon=True)
+        self.pause_s = pause_s
         self.idx, self.base, self.puzzle, self.stop_at = idx, base, puzzle, stop_at
         self.stats, self.lock = stats, lock
         self.rng = random.Random(idx)
@@ -169,10 +186,10 @@ class Player(threading.Thread):
                     gap = self.rng.uniform(0.12, 0.30)
                 else:
                     gap = self.rng.uniform(0.12, 0.30)
-                    if gap >= 0.15:  # the 150 ms debounce fires before the next key
-                        time.sleep(0.15)
+                    if gap >= self.pause_s:  # the page's pause timer fires before the next key
+                        time.sleep(self.pause_s)
                         self.send_draft(text)
-                        gap -= 0.15
+                        gap -= self.pause_s
                 time.sleep(gap)
                 if time.perf_counter() >= self.stop_at:
                     return
@@ -198,7 +215,12 @@ def main():
     parser.add_argument("--capacity", action="store_true",
                         help=f"step the typists ({', '.join(map(str, CAPACITY_STEPS))}; --players caps it) on one "
                              f"server and report the largest count whose p99 stays <= {CAPACITY_P99_MS:.0f} ms")
+    parser.add_argument("--pause-ms", type=float, default=None,
+                        help="typing pause before a draft (default: the play page's PAUSE_MS)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the web process's torch threads (default: the scorer's choice)")
     args = parser.parse_args()
+    pause_ms = args.pause_ms if args.pause_ms is not None else page_pause_ms()
     players = args.players or (30 if args.quick else 60)
     seconds = args.seconds or (15.0 if args.quick or args.capacity else 45.0)
     port = args.port or None  # None: the harness picks a free one
@@ -214,20 +236,22 @@ def main():
         # harness.settings (the lifted per-address caps: every simulated player is
         # 127.0.0.1) with the full-size judge and torch's own thread count, as in production.
         web = servers.Gunicorn("unix://" + redis_server.socket_path(instance), Path(instance), port=port,
-                               CLIP_MODEL=MODEL, CLIP_PRETRAINED=PRETRAINED, TORCH_THREADS=None)
+                               CLIP_MODEL=MODEL, CLIP_PRETRAINED=PRETRAINED, TORCH_THREADS=args.threads)
         print(f"server: {servers.procfile_web(web.port)}  (CLIP {MODEL}/{PRETRAINED}: random weights, "
               f"scores meaningless)", flush=True)
         base = web.url
         t0 = time.perf_counter()
         _wait_ready(web)
-        print(f"server ready in {time.perf_counter() - t0:.1f}s", flush=True)
+        print(f"server ready in {time.perf_counter() - t0:.1f}s; typists draft after a {pause_ms:.0f} ms pause "
+              f"or a space; server torch threads: {args.threads or 'default'}; load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         warm_up(base, puzzles[0])
 
         if args.capacity:
             steps = [n for n in CAPACITY_STEPS if n <= (args.players or CAPACITY_STEPS[-1])]
             best = None
             for n in steps:
-                result = run_load(base, puzzles, n, seconds, args.stalled)
+                result = run_load(base, puzzles, n, seconds, args.stalled, pause_ms / 1000)
                 if result["p99_ms"] <= CAPACITY_P99_MS and result["errors"] == 0:
                     best = result
                 elif result["p99_ms"] > 3 * CAPACITY_P99_MS:
@@ -241,7 +265,7 @@ def main():
                 print(f"ws_capacity: typists={best['players']} drafts_per_s={best['drafts_per_s']:.1f} "
                       f"p50_ms={best['p50_ms']:.1f} p99_ms={best['p99_ms']:.1f} errors={best['errors']}", flush=True)
         else:
-            result = run_load(base, puzzles, players, seconds, args.stalled)
+            result = run_load(base, puzzles, players, seconds, args.stalled, pause_ms / 1000)
             print(f"ws_load: players={players} drafts_per_s={result['drafts_per_s']:.1f} "
                   f"p50_ms={result['p50_ms']:.1f} p99_ms={result['p99_ms']:.1f} errors={result['errors']}",
                   flush=True)
@@ -270,7 +294,8 @@ def warm_up(base: str, puzzle: str, drafts: int = 30) -> None:
     print(f"warm-up: {drafts} drafts in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
-def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalled_n: int = 0) -> dict:
+def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalled_n: int = 0,
+             pause_s: float = 0.15) -> dict:
     """One load run of `players` typists for `seconds`; prints its lines and returns its figures."""
     print(f"load: {players} typists for {seconds:.0f}s", flush=True)
     stats = {"latencies": [], "sent": 0, "dropped": 0, "errors": 0, "submits": 0, "pushes": 0,
@@ -279,7 +304,7 @@ def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalle
     lock = threading.Lock()
     start = time.perf_counter()
     stop_at = start + seconds
-    crowd = [Player(i, base, puzzles[i % len(puzzles)], stop_at, stats, lock) for i in range(players)]
+    crowd = [Player(i, base, puzzles[i % len(puzzles)], stop_at, stats, lock, pause_s) for i in range(players)]
     for i, p in enumerate(crowd):
         p.start()
         time.sleep(min(0.05, 1.0 / players))  # players arrive over about a second, not in one instant
@@ -298,6 +323,8 @@ def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalle
     lat = stats["latencies"]
     errors = stats["errors"] + unanswered
     rate = stats["sent"] / elapsed
+    print(f"offered {rate / players:.2f} drafts/s per typist (load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     print(f"drafts sent {stats['sent']} in {elapsed:.1f}s; scored {len(lat)}, dropped (overtaken) "
           f"{stats['dropped']}, unanswered {unanswered}; submits {stats['submits']} "
           f"(+{stats['over_cap']} over the cap); board pushes received {stats['pushes']}")

@@ -16,7 +16,9 @@ stream) and from here:
   draft's tokens, LRU-evicted by count and by memory;
 * all model compute runs under one lock, one computation at a time, with
   torch's intra-op threads set by `configure_torch_threads` (default: cores
-  minus one, so 1 on a 2-core machine; see there why): request threads only
+  minus one, so 1 on a 2-core machine; see there why) and then, unless a
+  count was configured, chosen by measurement as the box's load changes
+  (`ThreadTuner`): request threads only
   validate, tokenise and wait, and bulk work (`embed_texts`) runs in chunks
   that let waiting live drafts go first.
 
@@ -88,6 +90,13 @@ def validate_caption(caption: Any, max_chars: int = 200) -> str:
     return text
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def configure_torch_threads(num_threads: Optional[int] = None) -> int:
     """Set torch's intra-op thread count for scoring and return it.
 
@@ -103,10 +112,7 @@ def configure_torch_threads(num_threads: Optional[int] = None) -> int:
     all scorer compute runs one computation at a time under one lock, so these
     threads are never oversubscribed by the scorer itself.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = _cores()
     want = max(1, int(num_threads) if num_threads else cores - 1)
     if torch.get_num_threads() != want:
         torch.set_num_threads(want)
@@ -124,6 +130,57 @@ def exact_cuda_matmuls() -> None:
         log.warning("scorer on CUDA: turning TF32 matmuls off (exact fp32 scores)")
     torch.set_float32_matmul_precision("highest")
     torch.backends.cuda.matmul.allow_tf32 = False
+
+
+class ThreadTuner:
+    """Chooses the scorer's intra-op thread count by measurement, again and again.
+
+    Why: on a 2-core box, 2 threads encode ~1.8x faster when the web process
+    has the machine to itself, and 4-20x slower when another busy process takes
+    a core (every OpenMP op ends in a barrier that waits for the preempted
+    thread). Which case holds changes with the box's load, so the batching
+    thread keeps a cost per batch for each choice (seconds per new token row,
+    counting a call's fixed cost as OVERHEAD_ROWS rows: the pass over the
+    weights), stays on the cheaper one, and every EXPLORE_EVERY batches tries
+    the other for TRIAL batches (the first of a trial, which pays for waking the
+    thread pool, is not counted). Used only when no thread count is configured.
+    """
+
+    OVERHEAD_ROWS = 16.0
+    EXPLORE_EVERY = 50
+    TRIAL = 8
+
+    def __init__(self, choices: Sequence[int]):
+        self.choices = tuple(dict.fromkeys(int(c) for c in choices))
+        self.home = self.current = self.choices[0]
+        self.cost: dict[int, Optional[float]] = {c: None for c in self.choices}
+        self._trial: list[float] = []
+        self._trial_left = 0
+        self._batches = 0
+        self.switches = 0
+
+    def observe(self, rows: int, seconds: float) -> int:
+        """Record one batch computed with `current` threads; the thread count for the next."""
+        unit = seconds / (rows + self.OVERHEAD_ROWS)
+        self._batches += 1
+        if self._trial_left:
+            self._trial_left -= 1
+            if self._trial_left < self.TRIAL - 1:  # the first batch of a trial warms the pool
+                self._trial.append(unit)
+            if self._trial_left == 0:
+                self.cost[self.current] = sorted(self._trial)[len(self._trial) // 2] if self._trial else None
+                best = min(self.choices, key=lambda c: self.cost[c] if self.cost[c] is not None else float("inf"))
+                if best != self.home:
+                    self.switches += 1
+                self.home = self.current = best
+            return self.current
+        old = self.cost[self.home]
+        self.cost[self.home] = unit if old is None else 0.8 * old + 0.2 * unit
+        if self._batches % self.EXPLORE_EVERY == 0 and len(self.choices) > 1:
+            others = [c for c in self.choices if c != self.home]
+            self.current = others[(self._batches // self.EXPLORE_EVERY) % len(others)]
+            self._trial, self._trial_left = [], self.TRIAL
+        return self.current
 
 
 class _Request:
@@ -154,6 +211,10 @@ class Scorer:
         self.batch_window_s = batch_window_ms / 1000.0
         self.max_batch = int(max_batch)
         self.num_threads = configure_torch_threads(num_threads)
+        cores = _cores()
+        # No configured count on a multi-core CPU: measure which count is faster, and keep measuring.
+        self._tuner = (ThreadTuner((self.num_threads, cores))
+                       if num_threads is None and cores > 1 and clip.device.type == "cpu" else None)
         if clip.device.type == "cuda" and precision == "fp32":
             exact_cuda_matmuls()
         self.encoder = TextEncoder(clip, precision=precision)
@@ -266,7 +327,9 @@ class Scorer:
         out.update(queue_depth=self._queue.qsize(), caption_cache=len(self._captions),
                    stream_cache=len(self._streams), stream_cache_bytes=self._streams.nbytes,
                    stream_evictions=self._streams.evictions, torch_threads=self.num_threads,
-                   fast_path=self.encoder.fast, device=str(self.clip.device), precision=self.precision)
+                   fast_path=self.encoder.fast, device=str(self.clip.device), precision=self.precision,
+                   thread_tuning=self._tuner is not None,
+                   thread_switches=self._tuner.switches if self._tuner is not None else 0)
         return out
 
     def close(self) -> None:
@@ -430,7 +493,14 @@ class Scorer:
             self._live_waiting.clear()
             started = time.perf_counter()
             try:
-                return self.encoder.encode(jobs)
+                results = self.encoder.encode(jobs)
+                if self._tuner is not None:
+                    rows = sum(len(job.key) - result.reused for job, result in zip(jobs, results))
+                    want = self._tuner.observe(rows, time.perf_counter() - started)
+                    if want != self.num_threads:
+                        torch.set_num_threads(want)
+                        self.num_threads = want
+                return results
             except Exception:
                 log.exception("batch of %d captions failed; retrying one by one", len(jobs))
             finally:

@@ -239,11 +239,14 @@ class TextEncoder:
         starts = [self._start(job, root) for job in jobs]
         if not grouping:
             return self._forward(jobs, starts)
+        # A GPU has memory to spare and wants big calls; the bounds are for CPU boxes.
+        scale = 16 if torch.device(self.device).type == "cuda" else 1
+        max_rows, max_slots = MAX_GROUP_ROWS * scale, MAX_SLAB_SLOTS * scale
         results: list[Result] = []
         lo, rows, longest = 0, 0, 0
         for i, (job, (_, used)) in enumerate(zip(jobs, starts)):
             n, total = len(job.key) - used, len(job.key)
-            if i > lo and (rows + n > MAX_GROUP_ROWS or (i - lo + 1) * max(longest, total) > MAX_SLAB_SLOTS):
+            if i > lo and (rows + n > max_rows or (i - lo + 1) * max(longest, total) > max_slots):
                 results += self._forward(jobs[lo:i], starts[lo:i])
                 lo, rows, longest = i, 0, 0
             rows, longest = rows + n, max(longest, total)

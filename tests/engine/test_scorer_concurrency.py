@@ -192,3 +192,31 @@ def test_bulk_work_lets_live_drafts_go_first(clip):
         bulk.join(timeout=60)
         live.join(timeout=60)
     assert order == ["live", "bulk"]  # served after at most one bulk chunk, not after all four
+
+
+def test_thread_tuner_follows_the_cheaper_thread_count():
+    """Measured cost per row decides; a trial of the other count runs every EXPLORE_EVERY batches."""
+    from engine.scorer import ThreadTuner
+    tuner = ThreadTuner((1, 2))
+    cost = {1: 0.010, 2: 0.006}  # seconds per (row + overhead): 2 threads faster (idle box)
+
+    def run(batches):
+        seen = []
+        for _ in range(batches):
+            n = tuner.current
+            seen.append(tuner.observe(10, cost[n] * (10 + ThreadTuner.OVERHEAD_ROWS)))
+        return seen
+
+    run(ThreadTuner.EXPLORE_EVERY + ThreadTuner.TRIAL)
+    assert tuner.home == 2 and tuner.current == 2 and tuner.switches == 1
+    cost[2] = 0.080  # another process took a core: 2 threads collapse
+    seen = run(3 * (ThreadTuner.EXPLORE_EVERY + ThreadTuner.TRIAL))
+    assert tuner.home == 1 and seen[-1] == 1
+    assert seen.count(2) < len(seen) / 2  # the collapse is left at the next trial, not endured
+    assert tuner.switches == 2
+
+
+def test_configured_threads_are_not_tuned(clip):
+    with Scorer(clip, num_threads=1) as scorer:
+        stats = scorer.stats()
+    assert stats["torch_threads"] == 1 and not stats["thread_tuning"]
