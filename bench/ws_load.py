@@ -42,8 +42,14 @@ Each run also prints the drafts offered per typist per second (the page's
 pause decides it) and the server's torch threads (--threads N sets the web
 process's CAPTIONARY_TORCH_THREADS; default: the scorer's own choice).
 
+`--profile FILE` samples the web worker with py-spy (a dev tool, not in
+requirements.txt: `pip install py-spy`) during the load run, writes py-spy's
+raw (collapsed) stacks to FILE and prints where the worker's busy time went:
+websocket and JSON, Redis round trips, tokenization, the encoder's per-layer
+Python, attention, GEMMs, the rest (`profile_breakdown`).
+
 Usage: python bench/ws_load.py [--quick] [--capacity] [--players N] [--seconds S] [--port P] [--stalled N]
-                               [--pause-ms MS] [--threads N]
+                               [--pause-ms MS] [--threads N] [--profile FILE]
 """
 from __future__ import annotations
 
@@ -219,7 +225,11 @@ def main():
                         help="typing pause before a draft (default: the play page's PAUSE_MS)")
     parser.add_argument("--threads", type=int, default=None,
                         help="the web process's torch threads (default: the scorer's choice)")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="sample the web worker with py-spy during the load; raw stacks to FILE")
     args = parser.parse_args()
+    if args.profile and not shutil.which("py-spy"):
+        raise SystemExit("--profile needs py-spy on PATH (pip install py-spy; a dev tool, not a requirement)")
     pause_ms = args.pause_ms if args.pause_ms is not None else page_pause_ms()
     players = args.players or (30 if args.quick else 60)
     seconds = args.seconds or (15.0 if args.quick or args.capacity else 45.0)
@@ -265,7 +275,21 @@ def main():
                 print(f"ws_capacity: typists={best['players']} drafts_per_s={best['drafts_per_s']:.1f} "
                       f"p50_ms={best['p50_ms']:.1f} p99_ms={best['p99_ms']:.1f} errors={best['errors']}", flush=True)
         else:
+            spy = None
+            if args.profile:
+                import subprocess
+                pid = web.worker_pids()[0]
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
+                                        "--threads", "--format", "raw", "--duration", str(int(seconds)),
+                                        "--output", args.profile],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             result = run_load(base, puzzles, players, seconds, args.stalled, pause_ms / 1000)
+            if spy is not None:
+                _, err = spy.communicate(timeout=60)
+                if spy.returncode:
+                    print(f"py-spy failed: {err.decode(errors='replace')[-500:]}", flush=True)
+                else:
+                    print(profile_breakdown(Path(args.profile)), flush=True)
             print(f"ws_load: players={players} drafts_per_s={result['drafts_per_s']:.1f} "
                   f"p50_ms={result['p50_ms']:.1f} p99_ms={result['p99_ms']:.1f} errors={result['errors']}",
                   flush=True)
@@ -342,6 +366,58 @@ def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalle
           f"p90 {percentile(lat, 90):.1f} p99 {percentile(lat, 99):.1f} max {max(lat, default=float('nan')):.1f}")
     return {"players": players, "drafts_per_s": rate, "p50_ms": percentile(lat, 50),
             "p99_ms": percentile(lat, 99), "errors": errors}
+
+
+FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*):(?P<line>\d+)\)$")
+
+
+def _bucket(frames: list[str]) -> str:
+    """Where one sampled stack is: the innermost frame that says it (py-spy sees no C frames, so a
+    matmul or SDPA shows as the Python line that called it)."""
+    import linecache
+    for frame in frames:  # leaf first
+        m = FRAME.match(frame)
+        if not m:
+            continue
+        func, file = m["func"], m["file"]
+        text = linecache.getline(file, int(m["line"]))
+        if "text_encoder.py" in file:
+            if "scaled_dot_product_attention" in text:
+                return "attention (SDPA over the KV slab)"
+            if func in ("_onednn_linear", "_mlp", "linear") or "lin(" in text or "_mlp(" in text:
+                return "GEMMs (QKV, out, MLP matmuls)"
+            if func == "key":
+                return "tokenization"
+            return "encoder Python (per-layer dispatch, slab, LayerNorm, embedding)"
+        if "tokenizer" in file or "ftfy" in file or "regex" in file:
+            return "tokenization"
+        if "redis" in file:
+            return "Redis round trips"
+        if "engine/scorer.py" in file:
+            return "scorer (validation, batching, caches)"
+        if any(k in file for k in ("simple_websocket", "wsproto", "flask_sock", "/json/", "game/web/ws.py")):
+            return "websocket and JSON"
+    return "other (gunicorn, threads, game logic, Python runtime)"
+
+
+def profile_breakdown(path: Path) -> str:
+    """Share of the worker's sampled busy stacks per bucket (py-spy raw format: 'frame;frame;... count')."""
+    totals: dict[str, int] = {}
+    all_samples = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        all_samples += n
+        bucket = _bucket(stack.split(";")[::-1])
+        totals[bucket] = totals.get(bucket, 0) + n
+    if not all_samples:
+        return "profile: no samples"
+    lines = [f"profile: {all_samples} busy samples of the web worker ({path})"]
+    for name, n in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {100 * n / all_samples:5.1f}%  {name}")
+    return "\n".join(lines)
 
 
 def stalled_reader(base: str, puzzles: list[str]):

@@ -16,10 +16,12 @@
 
   let seq = 0, shownSeq = -1, debounce = null, announceTimer = null, lastSent = null, pendingSubmit = false;
   // Typing pause before a mid-word draft. Each draft costs the server a share of
-  // an encoder pass; a shorter pause mostly scores half-typed words that the next
-  // keystroke overtakes. Tuned with bench/ws_load.py --pause-ms (docs/scaling.md):
-  // 150 ms offered ~3.4 drafts/s per typist, 250 ms ~PER_TYPIST_250; bench/ws_load.py reads this line.
-  const PAUSE_MS = 150;
+  // an encoder pass, and at 150 ms most keystrokes of a steady typist sent one
+  // (half-typed words, overtaken by the next key). Tuned with bench/ws_load.py
+  // --pause-ms (docs/scaling.md): 150 ms offered 3.45 drafts/s per typist, 250 ms
+  // 1.62, 300 ms 0.63 (words only). 250 ms keeps a score within ~1/3 s of a pause.
+  // bench/ws_load.py reads this line.
+  const PAUSE_MS = 250;
   const BAR_FULL = 0.5;   // cosine scores rarely pass 0.5: the bar is full there
 
   function setScore(value) {
