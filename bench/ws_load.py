@@ -279,17 +279,23 @@ def main():
             if args.profile:
                 import subprocess
                 pid = web.worker_pids()[0]
-                spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
-                                        "--threads", "--format", "raw", "--duration", str(int(seconds)),
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "100", "--nonblocking",
+                                        "--threads", "--idle", "--format", "raw", "--duration", str(int(seconds)),
                                         "--output", args.profile],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                # A second sampler at the same time: only the thread holding the GIL (who runs Python).
+                gil = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "100", "--nonblocking",
+                                        "--threads", "--gil", "--format", "raw", "--duration", str(int(seconds)),
+                                        "--output", args.profile + ".gil"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             result = run_load(base, puzzles, players, seconds, args.stalled, pause_ms / 1000)
             if spy is not None:
-                _, err = spy.communicate(timeout=60)
-                if spy.returncode:
-                    print(f"py-spy failed: {err.decode(errors='replace')[-500:]}", flush=True)
-                else:
-                    print(profile_breakdown(Path(args.profile)), flush=True)
+                for proc, path in ((spy, args.profile), (gil, args.profile + ".gil")):
+                    _, err = proc.communicate(timeout=60)
+                    if proc.returncode:
+                        print(f"py-spy failed: {err.decode(errors='replace')[-500:]}", flush=True)
+                    else:
+                        print(profile_breakdown(Path(path), gil=path.endswith(".gil")), flush=True)
             print(f"ws_load: players={players} drafts_per_s={result['drafts_per_s']:.1f} "
                   f"p50_ms={result['p50_ms']:.1f} p99_ms={result['p99_ms']:.1f} errors={result['errors']}",
                   flush=True)
@@ -318,10 +324,36 @@ def warm_up(base: str, puzzle: str, drafts: int = 30) -> None:
     print(f"warm-up: {drafts} drafts in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
+def server_draft_buckets(base: str) -> dict[float, float]:
+    """The web process's draft latency histogram (/metrics: parsed draft to score, cumulative)."""
+    import requests
+    out = {}
+    try:
+        text = requests.get(base + "/metrics", timeout=10).text
+    except requests.RequestException:
+        return out
+    for m in re.finditer(r'^captionary_draft_latency_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M):
+        out[float(m.group(1))] = float(m.group(2))
+    return out
+
+
+def bucket_quantile(before: dict, after: dict, q: float) -> str:
+    """Upper bucket bound holding the q-quantile of the drafts observed between two scrapes."""
+    edges = sorted(after)
+    counts = [after[e] - before.get(e, 0.0) for e in edges]
+    if not counts or counts[-1] <= 0:
+        return "n/a"
+    for edge, c in zip(edges, counts):
+        if c >= q * counts[-1]:
+            return f"<= {edge * 1000:.0f}" if edge != float("inf") else "> last bucket"
+    return "n/a"
+
+
 def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalled_n: int = 0,
              pause_s: float = 0.15) -> dict:
     """One load run of `players` typists for `seconds`; prints its lines and returns its figures."""
     print(f"load: {players} typists for {seconds:.0f}s", flush=True)
+    server_before = server_draft_buckets(base)
     stats = {"latencies": [], "sent": 0, "dropped": 0, "errors": 0, "submits": 0, "pushes": 0,
              "over_cap": 0, "error_codes": [], "push_ms": []}
     stalled = [stalled_reader(base, puzzles) for _ in range(stalled_n)]
@@ -362,6 +394,9 @@ def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalle
     print(f"board push after an improving submit, ms: p50 {percentile(push, 50):.1f} "
           f"p99 {percentile(push, 99):.1f} ({len(push)} pushes)"
           + (f"; stalled readers closed by the server: {closed}/{len(stalled)}" if stalled else ""))
+    server_after = server_draft_buckets(base)
+    print(f"server side (parsed draft to score, /metrics buckets), ms: p50 "
+          f"{bucket_quantile(server_before, server_after, 0.5)} p99 {bucket_quantile(server_before, server_after, 0.99)}")
     print(f"scored/s {len(lat) / elapsed:.1f}; latency ms: p50 {percentile(lat, 50):.1f} "
           f"p90 {percentile(lat, 90):.1f} p99 {percentile(lat, 99):.1f} max {max(lat, default=float('nan')):.1f}")
     return {"players": players, "drafts_per_s": rate, "p50_ms": percentile(lat, 50),
@@ -369,54 +404,72 @@ def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalle
 
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*):(?P<line>\d+)\)$")
+WAITS = ("Condition.wait", "Event.wait", "Queue.get", "select (", "Selector.select", "sleep", "accept",
+         "_wait_for_tstate_lock", "Thread.join", "_worker")  # _worker: an idle pool thread (C queue get)
 
 
-def _bucket(frames: list[str]) -> str:
-    """Where one sampled stack is: the innermost frame that says it (py-spy sees no C frames, so a
-    matmul or SDPA shows as the Python line that called it)."""
-    import linecache
-    for frame in frames:  # leaf first
+def _frames(frames: list[str]):
+    for frame in frames:
         m = FRAME.match(frame)
-        if not m:
-            continue
-        func, file = m["func"], m["file"]
-        text = linecache.getline(file, int(m["line"]))
+        if m:
+            yield m["func"], m["file"], int(m["line"])
+
+
+def _bucket(thread: str, frames: list[str]) -> str:
+    """Where one sampled stack (leaf first) is. py-spy sees no C frames, so a matmul or an SDPA
+    call shows as the Python line that called it; waits are named by what they wait for."""
+    import linecache
+    parsed = list(_frames(frames))
+    leaf = parsed[0][0] if parsed else ""
+    waiting = any(w in leaf for w in WAITS) or (parsed and parsed[0][1].endswith("socket.py"))
+    for func, file, line in parsed:
+        text = linecache.getline(file, line)
         if "text_encoder.py" in file:
             if "scaled_dot_product_attention" in text:
-                return "attention (SDPA over the KV slab)"
+                return "judge: attention (SDPA over the KV slab)"
             if func in ("_onednn_linear", "_mlp", "linear") or "lin(" in text or "_mlp(" in text:
-                return "GEMMs (QKV, out, MLP matmuls)"
+                return "judge: GEMMs (QKV, out, MLP matmuls)"
             if func == "key":
-                return "tokenization"
-            return "encoder Python (per-layer dispatch, slab, LayerNorm, embedding)"
-        if "tokenizer" in file or "ftfy" in file or "regex" in file:
-            return "tokenization"
+                return "request: tokenization"
+            return "judge: encoder Python (per-layer dispatch, KV slab, LayerNorm, embedding)"
+        if "tokenizer" in file or "ftfy" in file:
+            return "request: tokenization"
         if "redis" in file:
-            return "Redis round trips"
+            return "request: Redis round trips"
         if "engine/scorer.py" in file:
-            return "scorer (validation, batching, caches)"
-        if any(k in file for k in ("simple_websocket", "wsproto", "flask_sock", "/json/", "game/web/ws.py")):
-            return "websocket and JSON"
-    return "other (gunicorn, threads, game logic, Python runtime)"
+            if thread.startswith("scorer["):
+                return "judge: idle, waiting for drafts" if waiting else "judge: batching, caches"
+            if waiting:
+                return "request: waiting for the judge's batch (queue + compute)"
+            return "request: scorer validation and caches"
+        if any(k in file for k in ("simple_websocket", "wsproto", "flask_sock", "json/", "game/web/ws.py")):
+            return "idle socket thread" if waiting else "request: websocket and JSON"
+    return "idle socket thread" if waiting else "request: other (gunicorn, game logic, Python runtime)"
 
 
-def profile_breakdown(path: Path) -> str:
-    """Share of the worker's sampled busy stacks per bucket (py-spy raw format: 'frame;frame;... count')."""
-    totals: dict[str, int] = {}
-    all_samples = 0
+def profile_breakdown(path: Path, gil: bool = False) -> str:
+    """Shares of the worker's sampled stacks (py-spy raw format with --idle --threads:
+    'thread (tid): name;frame;... count'): the judge thread's time, and the request
+    threads' time on drafts (idle socket threads left out)."""
+    judge: dict[str, int] = {}
+    request: dict[str, int] = {}
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
-        n = int(count)
-        all_samples += n
-        bucket = _bucket(stack.split(";")[::-1])
-        totals[bucket] = totals.get(bucket, 0) + n
-    if not all_samples:
-        return "profile: no samples"
-    lines = [f"profile: {all_samples} busy samples of the web worker ({path})"]
-    for name, n in sorted(totals.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {100 * n / all_samples:5.1f}%  {name}")
+        head, _, rest = stack.partition(";")
+        thread = head.split(": ", 1)[-1]
+        bucket = _bucket(thread, rest.split(";")[::-1])
+        if bucket == "idle socket thread":
+            continue
+        side = judge if bucket.startswith("judge") else request
+        side[bucket] = side.get(bucket, 0) + int(count)
+    lines = [f"profile ({path}){': samples of the thread holding the GIL' if gil else ''}:"]
+    for title, totals in (("the judge thread", judge), ("request threads, busy or waiting on a draft", request)):
+        total = sum(totals.values())
+        lines.append(f"  {title}: {total} samples")
+        for name, n in sorted(totals.items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {100 * n / max(1, total):5.1f}%  {name.split(': ', 1)[1]}")
     return "\n".join(lines)
 
 
