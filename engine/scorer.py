@@ -141,46 +141,73 @@ class ThreadTuner:
     thread). Which case holds changes with the box's load, so the batching
     thread keeps a cost per batch for each choice (seconds per new token row,
     counting a call's fixed cost as OVERHEAD_ROWS rows: the pass over the
-    weights), stays on the cheaper one, and every EXPLORE_EVERY batches tries
-    the other for TRIAL batches (the first of a trial, which pays for waking the
-    thread pool, is not counted). Used only when no thread count is configured.
+    weights), stays on the cheaper one, and every `explore_every` batches tries
+    another for up to TRIAL batches (the first of a trial, which pays for waking
+    the thread pool, is not counted). A trial batch costing more than twice the
+    current choice ends the trial at once, and each lost trial doubles the gap
+    to the next (up to MAX_EXPLORE_EVERY), so a collapse costs a batch or two
+    now and then, not a run of slow batches; and when the current choice's cost
+    grows past 1.5x another's last measure, that one is tried at once. Used
+    only when no thread count is configured.
     """
 
     OVERHEAD_ROWS = 16.0
     EXPLORE_EVERY = 50
+    MAX_EXPLORE_EVERY = 1600
     TRIAL = 8
 
     def __init__(self, choices: Sequence[int]):
         self.choices = tuple(dict.fromkeys(int(c) for c in choices))
         self.home = self.current = self.choices[0]
         self.cost: dict[int, Optional[float]] = {c: None for c in self.choices}
+        self.explore_every = self.EXPLORE_EVERY
         self._trial: list[float] = []
         self._trial_left = 0
-        self._batches = 0
+        self._until_trial = self.EXPLORE_EVERY
+        self._trials = 0
         self.switches = 0
 
     def observe(self, rows: int, seconds: float) -> int:
         """Record one batch computed with `current` threads; the thread count for the next."""
         unit = seconds / (rows + self.OVERHEAD_ROWS)
-        self._batches += 1
         if self._trial_left:
             self._trial_left -= 1
-            if self._trial_left < self.TRIAL - 1:  # the first batch of a trial warms the pool
+            warm_up = self._trial_left == self.TRIAL - 1
+            if not warm_up:
                 self._trial.append(unit)
-            if self._trial_left == 0:
-                self.cost[self.current] = sorted(self._trial)[len(self._trial) // 2] if self._trial else None
-                best = min(self.choices, key=lambda c: self.cost[c] if self.cost[c] is not None else float("inf"))
-                if best != self.home:
-                    self.switches += 1
-                self.home = self.current = best
+            home_cost = self.cost[self.home]
+            if self._trial_left and (warm_up or home_cost is None or unit <= 2 * home_cost):
+                return self.current
+            self._end_trial()
             return self.current
         old = self.cost[self.home]
         self.cost[self.home] = unit if old is None else 0.8 * old + 0.2 * unit
-        if self._batches % self.EXPLORE_EVERY == 0 and len(self.choices) > 1:
+        self._until_trial -= 1
+        if any(self.cost[c] is not None and self.cost[self.home] > 1.5 * self.cost[c]
+               for c in self.choices if c != self.home):
+            self._until_trial = 0  # the current choice got much worse than another's last measure: retry now
+        if self._until_trial <= 0 and len(self.choices) > 1:
             others = [c for c in self.choices if c != self.home]
-            self.current = others[(self._batches // self.EXPLORE_EVERY) % len(others)]
+            self.current = others[self._trials % len(others)]
+            self._trials += 1
             self._trial, self._trial_left = [], self.TRIAL
         return self.current
+
+    def _end_trial(self) -> None:
+        tried = self.current
+        self._trial_left = 0
+        if self._trial:
+            self.cost[tried] = sorted(self._trial)[len(self._trial) // 2]
+        home_cost = self.cost[self.home]
+        won = bool(self._trial) and home_cost is not None and self.cost[tried] < home_cost
+        if won:
+            self.home = tried
+            self.switches += 1
+            self.explore_every = self.EXPLORE_EVERY
+        else:
+            self.explore_every = min(self.MAX_EXPLORE_EVERY, self.explore_every * 2)
+        self.current = self.home
+        self._until_trial = self.explore_every
 
 
 class _Request:
