@@ -265,3 +265,22 @@ def test_bf16_path_is_opt_in_close_and_says_so(clip):
         assert np.abs(scorer.embed_text(captions[0]) - ref[0]).max() <= 1e-5
     with pytest.raises(ValueError, match="precision"):
         TextEncoder(clip, precision="fp8")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_packed_typing_batches_on_cuda_are_exact_and_bf16_is_close():
+    """The GPU judge: a ragged batch of typing drafts (one packed forward, KV slab on the GPU)
+    equals open_clip's own CUDA path; the opt-in bf16 path stays close."""
+    gpu = load_clip("test-tiny", "random", device="cuda")
+    bases = ["a cat", "the quick brown fox jumps over", "🦝", "two owls reading"]
+    drafts = [b + " " + w for b, w in zip(bases, ["on a mat", "the lazy dog", "🚜 tractor", "a paper"])]
+    ref = gpu.encode_texts_reference(drafts).cpu().numpy()
+    for precision, tol in (("fp32", 1e-5), ("bf16", 5e-2)):
+        with Scorer(gpu, precision=precision) as scorer:
+            for i, b in enumerate(bases):
+                scorer.embed_text(b, stream=f"p{i}")
+            got = np.stack([scorer.embed_text(d, stream=f"p{i}") for i, d in enumerate(drafts)])
+            assert scorer.stats()["device"].startswith("cuda")
+        assert np.abs(got - ref).max() <= tol
+    assert not torch.backends.cuda.matmul.allow_tf32
