@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Optional, Sequence
 
 import torch
@@ -295,7 +296,7 @@ class TextEncoder:
         mask = torch.arange(T, device=dev)[None, None, :] <= qpos[:, :, None]  # (B, M, T), True = attend
         mask = mask[:, None]  # (B, 1, M, T)
         ends = torch.tensor(totals, device=dev) - 1
-        end_rows = torch.tensor([sum(lens[: i + 1]) - 1 for i in range(B)], device=dev)
+        end_rows = torch.tensor(list(accumulate(lens)), device=dev) - 1  # each job's last packed row
 
         slab = self._slab((L, 2, B, H, T, D))
         for i, (prefix, u) in enumerate(starts):
