@@ -93,12 +93,14 @@ def percentile(values, q):
 class Player(threading.Thread):
     """One simulated typist on one websocket."""
 
-    def __init__(self, idx, base, puzzle, stop_at, stats, lock, pause_s=0.15):
+    def __init__(self, idx, base, puzzle, stop_at, stats, lock, pause_s=0.15, run=0):
         super().__init__(name=f"player-{idx}", daemon=True)
         self.pause_s = pause_s
         self.idx, self.base, self.puzzle, self.stop_at = idx, base, puzzle, stop_at
         self.stats, self.lock = stats, lock
-        self.rng = random.Random(idx)
+        # Seeded per run too: the steps of --capacity share one server, whose caption
+        # cache would answer a replay of an earlier step's drafts without encoding them.
+        self.rng = random.Random(f"{run}-{idx}")
         self.pending: dict[int, float] = {}  # seq -> send time
         self.plock = threading.Lock()
         self.seq = 0
@@ -349,6 +351,9 @@ def bucket_quantile(before: dict, after: dict, q: float) -> str:
     return "n/a"
 
 
+_RUNS = 0  # load runs so far in this process (players' seeds)
+
+
 def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalled_n: int = 0,
              pause_s: float = 0.15) -> dict:
     """One load run of `players` typists for `seconds`; prints its lines and returns its figures."""
@@ -360,7 +365,10 @@ def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalle
     lock = threading.Lock()
     start = time.perf_counter()
     stop_at = start + seconds
-    crowd = [Player(i, base, puzzles[i % len(puzzles)], stop_at, stats, lock, pause_s) for i in range(players)]
+    global _RUNS
+    _RUNS += 1
+    crowd = [Player(i, base, puzzles[i % len(puzzles)], stop_at, stats, lock, pause_s, _RUNS)
+             for i in range(players)]
     for i, p in enumerate(crowd):
         p.start()
         time.sleep(min(0.05, 1.0 / players))  # players arrive over about a second, not in one instant
