@@ -13,7 +13,9 @@ text-tower weights from memory; only batching many players' new positions into
 the same GEMMs amortises that.
 
 Usage: python bench/encoder_batch.py [--threads N] [--model ViT-B-32]
-Last line: encoder_batch: threads=<t> b1_ms=<a> b32_ms=<b> b32_drafts_per_s=<x> reference_drafts_per_s=<r> ratio=<x/r>
+Last line: encoder_batch: threads=<t> b1_ms=<a> b32_ms=<b> b32_drafts_per_s=<x> ragged32_ms=<c>
+ragged128_drafts_per_s=<y> reference_drafts_per_s=<r> ratio=<x/r>
+("ragged": prefixes of 1-14 words and 1-3 new words per player, as a real batch)
 """
 from __future__ import annotations
 
@@ -37,6 +39,18 @@ def typing_jobs(encoder: TextEncoder, players: int, rng: random.Random) -> list[
         base = " ".join(rng.sample(WORDS, 8))
         prefix = encoder.encode([Job(encoder.key(base), keep=True)])[0].prefix
         draft = encoder.key(base + " " + rng.choice(WORDS))
+        jobs.append(Job(draft, prefix=prefix, keep=True))
+    return jobs
+
+
+def ragged_jobs(encoder: TextEncoder, players: int, rng: random.Random) -> list[Job]:
+    """Typing players as the server sees them: cached prefixes of 1-14 words, 1-3 new words."""
+    jobs = []
+    for _ in range(players):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 14))]
+        base = " ".join(words)
+        prefix = encoder.encode([Job(encoder.key(base), keep=True)])[0].prefix
+        draft = encoder.key(" ".join([base] + [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]))
         jobs.append(Job(draft, prefix=prefix, keep=True))
     return jobs
 
@@ -72,6 +86,13 @@ def main(argv=None) -> int:
             per_batch[players] = timed(lambda: encoder.encode(jobs), max(3, 60 // players))
             print(f"batch {players:3d} drafts: {per_batch[players] * 1000:7.2f} ms/call, "
                   f"{players / per_batch[players]:7.1f} drafts/s")
+        ragged = {}
+        for players in (8, 32, 128):
+            jobs = ragged_jobs(encoder, players, rng)
+            new = sum(len(j.key) - r.reused for j, r in zip(jobs, encoder.encode(jobs)))
+            ragged[players] = timed(lambda: encoder.encode(jobs), max(3, 60 // players))
+            print(f"ragged {players:3d} drafts ({new} new positions): {ragged[players] * 1000:7.2f} ms/call, "
+                  f"{players / ragged[players]:7.1f} drafts/s")
         weight = torch.randn(2048, 512)
         for n in (1, 8, 32, 128):
             x = torch.randn(n, 512)
@@ -82,6 +103,7 @@ def main(argv=None) -> int:
     print(f"reference: open_clip encode_text, one draft per call: {reference:.1f} drafts/s")
     print(f"encoder_batch: threads={args.threads} b1_ms={per_batch[1] * 1000:.1f} "
           f"b32_ms={per_batch[32] * 1000:.1f} b32_drafts_per_s={b32:.1f} "
+          f"ragged32_ms={ragged[32] * 1000:.1f} ragged128_drafts_per_s={128 / ragged[128]:.1f} "
           f"reference_drafts_per_s={reference:.1f} ratio={b32 / reference:.1f}")
     return 0
 

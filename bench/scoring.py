@@ -21,9 +21,17 @@ slows both sides alike. The last line is machine-readable:
   scoring: naive=<x>/s engine=<y>/s ratio=<r> typing_ratio=<t> p99_ms=<p> max_abs_diff=<d>
 
 Usage: python bench/scoring.py [--quick] [--captions N] [--players N] [--seed S] [--threads N]
+                                [--device cpu|cuda|cuda:N] [--precision fp32|bf16] [--sweep]
 (full: 512 captions and two rounds of 32 typing players, a few minutes;
 --quick: 64 captions and one round of shorter captions, under a minute on an
 idle machine). Both paths run with the scorer's torch thread setting.
+
+--device runs both paths there (naive included, same device). With a GPU, or
+with --sweep, it also prints the encoder's throughput per batch size
+(1..1024 on a GPU, 1..64 on CPU): `batch <n>: <c> captions/s, <d> drafts/s`
+(captions: distinct captions from scratch; drafts: typing drafts, one new word
+on a cached prefix each). --precision bf16 scores with the opt-in bf16 matmuls;
+max_abs_diff then shows their error against the fp32 naive path.
 """
 from __future__ import annotations
 
@@ -131,12 +139,44 @@ def typing_drafts(caption: str, rng: random.Random, every: int = 4) -> list[str]
 # ---- measurement --------------------------------------------------------------
 def naive(clip, captions: list[str], out: np.ndarray, indices) -> float:
     """open_clip's own path, one caption at a time, into out[indices]: seconds taken."""
-    model, tok = clip.model, clip.tokenizer
+    model, tok, dev = clip.model, clip.tokenizer, clip.device
     start = time.perf_counter()
     with torch.inference_mode():
         for i, c in zip(indices, captions):
-            out[i] = torch.nn.functional.normalize(model.encode_text(tok([c])).float(), dim=-1)[0].numpy()
+            emb = model.encode_text(tok([c]).to(dev)).float()
+            out[i] = torch.nn.functional.normalize(emb, dim=-1)[0].cpu().numpy()  # .cpu() waits for the GPU
     return time.perf_counter() - start
+
+
+def sweep(clip, precision: str, sizes: list[int], seed: int) -> None:
+    """Encoder throughput per batch size: distinct captions, and typing drafts on cached prefixes."""
+    from engine.text_encoder import Job, TextEncoder
+    enc = TextEncoder(clip, precision=precision)
+    n = max(sizes)
+    captions = make_captions(n, seed + 7, min_words=4, max_words=24)
+    rng = random.Random(seed + 8)
+    bases = make_captions(n, seed + 9, min_words=3, max_words=14)
+
+    def timed(fn) -> float:
+        fn()  # warm-up (CUDA kernels, allocator)
+        reps, start = 0, time.perf_counter()
+        while reps < 3 or time.perf_counter() - start < 0.5:
+            fn()
+            if clip.device.type == "cuda":
+                torch.cuda.synchronize(clip.device)
+            reps += 1
+        return (time.perf_counter() - start) / reps
+
+    with torch.inference_mode():
+        for b in sizes:
+            jobs = [Job(enc.key(c)) for c in captions[:b]]
+            t_captions = timed(lambda: enc.encode(jobs))
+            prefixes = enc.encode([Job(enc.key(c), keep=True) for c in bases[:b]])
+            drafts = [Job(enc.key(c + " " + rng.choice(NOUNS)), prefix=r.prefix, keep=True)
+                      for c, r in zip(bases[:b], prefixes)]
+            t_drafts = timed(lambda: enc.encode(drafts))
+            print(f"batch {b}: {b / t_captions:.1f} captions/s, {b / t_drafts:.1f} drafts/s "
+                  f"({t_captions * 1000:.1f} / {t_drafts * 1000:.1f} ms per call)", flush=True)
 
 
 def concurrent(scorer: Scorer, work: list[list[tuple[int, str]]], stream_prefix: str | None,
@@ -187,15 +227,34 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for both paths (default: the scorer's, cores - 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both paths run")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="the scorer's matmuls: fp32 (exact, default) or bf16 (opt-in; error printed)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also print captions/s and drafts/s per batch size (always on with a GPU)")
     args = parser.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device {args.device!r}: {exc}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here")
     n_captions = args.captions or (64 if args.quick else 512)
     typing_rounds = 1 if args.quick else 2
     max_typing_words = 6 if args.quick else 14
 
     threads = configure_torch_threads(args.threads)  # before anything runs: both paths use the same
-    clip = load_clip(args.model, "random")
+    clip = load_clip(args.model, "random", device=device)
+    if device.type == "cuda":
+        from engine.scorer import exact_cuda_matmuls
+        exact_cuda_matmuls()  # the naive reference too: full fp32, no TF32
+        print(f"device: {torch.cuda.get_device_name(device)}")
     print(f"model: {clip.describe()}; torch {torch.__version__}, {threads} intra-op threads; "
-          f"{args.players} callers; seed {args.seed}{' (quick)' if args.quick else ''}")
+          f"{args.players} callers; seed {args.seed}; {args.precision} scorer"
+          f"{' (quick)' if args.quick else ''}")
+    if args.sweep or device.type == "cuda":
+        sizes = [1, 4, 16, 64, 256, 1024] if device.type == "cuda" else [1, 4, 16, 64]
+        sweep(clip, args.precision, sizes, args.seed)
     rng = np.random.default_rng(args.seed)
     image = rng.standard_normal(clip.embed_dim)
     image /= np.linalg.norm(image)
@@ -223,7 +282,7 @@ def main(argv=None) -> int:
     ref_b, got_b = (np.empty((len(captions), dim), np.float32) for _ in range(2))
     t_naive_b = t_engine_b = 0.0
     lat_b: list[float] = []
-    with Scorer(clip, num_threads=threads, max_caption_chars=1000) as scorer:
+    with Scorer(clip, num_threads=threads, max_caption_chars=1000, precision=args.precision) as scorer:
         scorer.embed_texts(warm)
         for chunk in np.array_split(np.arange(len(captions)), max(1, len(captions) // 128)):
             t_naive_b += naive(clip, [captions[i] for i in chunk], ref_b, chunk)
@@ -243,7 +302,7 @@ def main(argv=None) -> int:
     ref_c, got_c = (np.empty((len(all_drafts), dim), np.float32) for _ in range(2))
     t_naive_c = t_engine_c = 0.0
     lat_c: list[float] = []
-    with Scorer(clip, num_threads=threads, max_caption_chars=1000) as scorer:
+    with Scorer(clip, num_threads=threads, max_caption_chars=1000, precision=args.precision) as scorer:
         scorer.embed_texts(warm)
         index = 0
         for r in range(typing_rounds):

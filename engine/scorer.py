@@ -6,9 +6,9 @@ produced it. The speed comes from `engine.text_encoder` (context cut at the
 end token, length-grouped batches, cached prefix keys/values per typing
 stream) and from here:
 
-* one batching thread collects the requests that arrive within
-  `batch_window_ms` of each other (at most 5 windows in all) and encodes them
-  together; the queue is bounded and a full queue raises `ScorerBusyError` at
+* one batching thread encodes everything queued while it was busy as one
+  batch (one packed forward); from idle it first collects the requests that
+  arrive within `batch_window_ms` of each other (at most 5 windows in all); the queue is bounded and a full queue raises `ScorerBusyError` at
   once instead of growing latency;
 * an LRU of token ids -> normalised embedding (captions that tokenise alike,
   e.g. differing only in spacing or case, share an entry);
@@ -16,7 +16,9 @@ stream) and from here:
   draft's tokens, LRU-evicted by count and by memory;
 * all model compute runs under one lock, one computation at a time, with
   torch's intra-op threads set by `configure_torch_threads` (default: cores
-  minus one, so 1 on a 2-core machine; see there why): request threads only
+  minus one, so 1 on a 2-core machine; see there why) and then, unless a
+  count was configured, chosen by measurement as the box's load changes
+  (`ThreadTuner`): request threads only
   validate, tokenise and wait, and bulk work (`embed_texts`) runs in chunks
   that let waiting live drafts go first.
 
@@ -88,6 +90,13 @@ def validate_caption(caption: Any, max_chars: int = 200) -> str:
     return text
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def configure_torch_threads(num_threads: Optional[int] = None) -> int:
     """Set torch's intra-op thread count for scoring and return it.
 
@@ -103,14 +112,102 @@ def configure_torch_threads(num_threads: Optional[int] = None) -> int:
     all scorer compute runs one computation at a time under one lock, so these
     threads are never oversubscribed by the scorer itself.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = _cores()
     want = max(1, int(num_threads) if num_threads else cores - 1)
     if torch.get_num_threads() != want:
         torch.set_num_threads(want)
     return want
+
+
+def exact_cuda_matmuls() -> None:
+    """Make CUDA fp32 matmuls full fp32 (no TF32), as the exact path promises.
+
+    TF32 keeps 10 mantissa bits: errors near 1e-3, far beyond the 1e-5 the
+    scores are held to. The setting is process-wide; a process that serves
+    scores wants it anyway.
+    """
+    if torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32:
+        log.warning("scorer on CUDA: turning TF32 matmuls off (exact fp32 scores)")
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+class ThreadTuner:
+    """Chooses the scorer's intra-op thread count by measurement, again and again.
+
+    Why: on a 2-core box, 2 threads encode ~1.8x faster when the web process
+    has the machine to itself, and 4-20x slower when another busy process takes
+    a core (every OpenMP op ends in a barrier that waits for the preempted
+    thread). Which case holds changes with the box's load, so the batching
+    thread keeps a cost per batch for each choice (seconds per new token row,
+    counting a call's fixed cost as OVERHEAD_ROWS rows: the pass over the
+    weights), stays on the cheaper one, and every `explore_every` batches tries
+    another for up to TRIAL batches (the first of a trial, which pays for waking
+    the thread pool, is not counted). A trial batch costing more than twice the
+    current choice ends the trial at once, and each lost trial doubles the gap
+    to the next (up to MAX_EXPLORE_EVERY), so a collapse costs a batch or two
+    now and then, not a run of slow batches; and when the current choice's cost
+    grows past 1.5x another's last measure, that one is tried at once. Used
+    only when no thread count is configured.
+    """
+
+    OVERHEAD_ROWS = 16.0
+    EXPLORE_EVERY = 50
+    MAX_EXPLORE_EVERY = 1600
+    TRIAL = 8
+
+    def __init__(self, choices: Sequence[int]):
+        self.choices = tuple(dict.fromkeys(int(c) for c in choices))
+        self.home = self.current = self.choices[0]
+        self.cost: dict[int, Optional[float]] = {c: None for c in self.choices}
+        self.explore_every = self.EXPLORE_EVERY
+        self._trial: list[float] = []
+        self._trial_left = 0
+        self._until_trial = self.EXPLORE_EVERY
+        self._trials = 0
+        self.switches = 0
+
+    def observe(self, rows: int, seconds: float) -> int:
+        """Record one batch computed with `current` threads; the thread count for the next."""
+        unit = seconds / (rows + self.OVERHEAD_ROWS)
+        if self._trial_left:
+            self._trial_left -= 1
+            warm_up = self._trial_left == self.TRIAL - 1
+            if not warm_up:
+                self._trial.append(unit)
+            home_cost = self.cost[self.home]
+            if self._trial_left and (warm_up or home_cost is None or unit <= 2 * home_cost):
+                return self.current
+            self._end_trial()
+            return self.current
+        old = self.cost[self.home]
+        self.cost[self.home] = unit if old is None else 0.8 * old + 0.2 * unit
+        self._until_trial -= 1
+        if any(self.cost[c] is not None and self.cost[self.home] > 1.5 * self.cost[c]
+               for c in self.choices if c != self.home):
+            self._until_trial = 0  # the current choice got much worse than another's last measure: retry now
+        if self._until_trial <= 0 and len(self.choices) > 1:
+            others = [c for c in self.choices if c != self.home]
+            self.current = others[self._trials % len(others)]
+            self._trials += 1
+            self._trial, self._trial_left = [], self.TRIAL
+        return self.current
+
+    def _end_trial(self) -> None:
+        tried = self.current
+        self._trial_left = 0
+        if self._trial:
+            self.cost[tried] = sorted(self._trial)[len(self._trial) // 2]
+        home_cost = self.cost[self.home]
+        won = bool(self._trial) and home_cost is not None and self.cost[tried] < home_cost
+        if won:
+            self.home = tried
+            self.switches += 1
+            self.explore_every = self.EXPLORE_EVERY
+        else:
+            self.explore_every = min(self.MAX_EXPLORE_EVERY, self.explore_every * 2)
+        self.current = self.home
+        self._until_trial = self.explore_every
 
 
 class _Request:
@@ -130,7 +227,8 @@ class Scorer:
 
     def __init__(self, clip, *, max_caption_chars: int = 200, batch_window_ms: float = 2.0,
                  max_queue: int = 1024, cache_size: int = 10_000, stream_cache_size: int = 4096,
-                 stream_cache_mb: float = 256.0, max_batch: int = 256, num_threads: Optional[int] = None):
+                 stream_cache_mb: float = 256.0, max_batch: int = 256, num_threads: Optional[int] = None,
+                 precision: str = "fp32"):
         if max_caption_chars < 1 or max_queue < 1 or max_batch < 1 or batch_window_ms < 0:
             raise ValueError("max_caption_chars, max_queue and max_batch must be >= 1; batch_window_ms >= 0")
         self.clip = clip
@@ -140,7 +238,14 @@ class Scorer:
         self.batch_window_s = batch_window_ms / 1000.0
         self.max_batch = int(max_batch)
         self.num_threads = configure_torch_threads(num_threads)
-        self.encoder = TextEncoder(clip)
+        cores = _cores()
+        # No configured count on a multi-core CPU: measure which count is faster, and keep measuring.
+        self._tuner = (ThreadTuner((self.num_threads, cores))
+                       if num_threads is None and cores > 1 and clip.device.type == "cpu" else None)
+        if clip.device.type == "cuda" and precision == "fp32":
+            exact_cuda_matmuls()
+        self.encoder = TextEncoder(clip, precision=precision)
+        self.precision = precision
         self.embed_dim = int(clip.embed_dim)
         self._captions: LRUCache[np.ndarray] = LRUCache(cache_size)
         self._streams: LRUCache[Prefix] = LRUCache(stream_cache_size, int(stream_cache_mb * 2 ** 20),
@@ -155,8 +260,12 @@ class Scorer:
                            tokens_computed=0, tokens_reused=0, errors=0, compute_s=0.0)
         self._thread = threading.Thread(target=self._run, name=f"scorer[{self.model_id}]", daemon=True)
         self._thread.start()
-        log.info("scorer ready: %s, %d torch threads, fast path %s", clip.describe(), self.num_threads,
-                 "on" if self.encoder.fast else f"off ({self.encoder.problem})")
+        log.info("scorer ready: %s, %d torch threads, fast path %s, %s matmuls", clip.describe(),
+                 self.num_threads, "on" if self.encoder.fast else f"off ({self.encoder.problem})",
+                 self.encoder.linear_backend if self.encoder.fast else "open_clip")
+        if precision != "fp32":
+            log.warning("scorer precision %s: scores are close to, not exactly, open_clip's "
+                        "(bench/scoring.py --precision %s prints the error)", precision, precision)
 
     # ---- public API ---------------------------------------------------------
     def validate_caption(self, caption: Any) -> str:
@@ -245,7 +354,9 @@ class Scorer:
         out.update(queue_depth=self._queue.qsize(), caption_cache=len(self._captions),
                    stream_cache=len(self._streams), stream_cache_bytes=self._streams.nbytes,
                    stream_evictions=self._streams.evictions, torch_threads=self.num_threads,
-                   fast_path=self.encoder.fast)
+                   fast_path=self.encoder.fast, device=str(self.clip.device), precision=self.precision,
+                   thread_tuning=self._tuner is not None,
+                   thread_switches=self._tuner.switches if self._tuner is not None else 0)
         return out
 
     def close(self) -> None:
@@ -299,13 +410,34 @@ class Scorer:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            # Under load (requests queued while the last batch computed), everything
+            # queued goes at once: waiting would only add latency (those players'
+            # next drafts come hundreds of ms later), and one pass over the weights
+            # costs about the same for 4 drafts as for 1. From idle, collect until
+            # the queue has been quiet for one window (callers woken by the
+            # previous batch resubmit a few tenths of a ms apart), but never wait
+            # more than BATCH_WINDOW_CAP windows after the first request.
+            try:
+                item, backlog = self._queue.get_nowait(), True
+            except queue.Empty:
+                item, backlog = self._queue.get(), False
             if item is _STOP:
                 return
-            # Collect until the queue has been quiet for one window (callers woken by
-            # the previous batch resubmit a few tenths of a ms apart), but never
-            # wait more than BATCH_WINDOW_CAP windows after the first request.
             batch, stop = [item], False
+            if backlog:
+                while len(batch) < self.max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._run_batch(batch)
+                if stop:
+                    return
+                continue
             first = time.monotonic()
             deadline = first + self.batch_window_s
             while len(batch) < self.max_batch:
@@ -320,15 +452,18 @@ class Scorer:
                 batch.append(item)
                 deadline = min(first + BATCH_WINDOW_CAP * self.batch_window_s,
                                time.monotonic() + self.batch_window_s)
-            try:
-                self._process(batch)
-            except BaseException as exc:  # never let the thread die with callers waiting
-                log.exception("scoring batch failed")
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
+            self._run_batch(batch)
             if stop:
                 return
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        try:
+            self._process(batch)
+        except BaseException as exc:  # never let the thread die with callers waiting
+            log.exception("scoring batch failed")
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
 
     def _process(self, batch: list[_Request]) -> None:
         owners: dict[tuple[int, ...], list[_Request]] = {}
@@ -385,7 +520,14 @@ class Scorer:
             self._live_waiting.clear()
             started = time.perf_counter()
             try:
-                return self.encoder.encode(jobs)
+                results = self.encoder.encode(jobs)
+                if self._tuner is not None:
+                    rows = sum(len(job.key) - result.reused for job, result in zip(jobs, results))
+                    want = self._tuner.observe(rows, time.perf_counter() - started)
+                    if want != self.num_threads:
+                        torch.set_num_threads(want)
+                        self.num_threads = want
+                return results
             except Exception:
                 log.exception("batch of %d captions failed; retrying one by one", len(jobs))
             finally:

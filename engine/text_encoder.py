@@ -1,4 +1,4 @@
-"""Exact, fast CLIP text encoding: length grouping and reusable prefix keys/values.
+"""Exact, fast CLIP text encoding: one packed forward per batch and reusable prefix keys/values.
 
 open_clip's text tower (`CLIP.encode_text`) embeds tokens, adds absolute
 positional embeddings, runs pre-LN residual blocks under a causal mask, applies
@@ -7,15 +7,22 @@ token ids), then projects. Two facts make a faster, still exact, path possible:
 
 * The causal mask means a position only ever sees positions before it, so the
   pooled feature depends only on the tokens up to and including the pooled
-  position. Padding after it (the 77-token context) can be cut, and captions of
-  similar length batched together with their own padding, without changing a
-  number beyond float rounding.
+  position. Padding after it (the 77-token context) can be cut without
+  changing a number beyond float rounding.
 * For the same reason, the keys and values every layer computes for a token
   prefix are the same whatever follows. A typing player's drafts share their
   complete words, so we keep the prefix's keys/values (`Prefix`) and compute
   only the tokens from the first one that differs, plus the end token. Every
   caption shares at least the start token, so its keys/values (`root`) are
   computed once at start-up.
+
+A batch runs as one packed forward (`TextEncoder._forward`): the new tokens of
+every caption are the rows of one matrix, so each layer's matmuls read the
+weights once for the whole batch. That is what sets a CPU's typing capacity:
+one call with a handful of rows costs about as much as streaming the ~150 MB of
+ViT-B-32 text weights, so a call for 32 drafts costs ~3x one for 1 draft, not
+32x (docs/scaling.md, "Where a draft's time goes"). Attention over the ragged
+prefixes is one masked SDPA per layer over a KV slab.
 
 The blocks are re-implemented with explicit q/k/v (open_clip runs them through
 `nn.MultiheadAttention`, batch_first) while calling the model's own LayerNorm,
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Optional, Sequence
 
 import torch
@@ -38,12 +46,10 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-# Grouping cost model, in "token rows" of the transformer: every forward call
-# costs a fixed overhead (Python dispatch of ~15 ops per layer) on top of the
-# padded rows it runs. Measured on 2 cores for ViT-B-32 (about 0.35 ms per
-# token row, about 1.5 ms per call): overhead ~4 rows.
-GROUP_OVERHEAD_ROWS = 4.0
-MAX_GROUP_ROWS = 4096  # bound on batch x tokens of one forward call (memory)
+PRECISIONS = ("fp32", "bf16")
+MAX_GROUP_ROWS = 4096  # bound on the new token rows of one forward call (memory)
+MAX_SLAB_SLOTS = 4096  # bound on jobs x longest caption of one call: its KV slab (~200 MB for ViT-B-32)
+SLAB_REUSE_BYTES = 64 << 20  # KV slabs up to this size reuse one buffer (typing batches)
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,10 @@ def fast_path_problem(model) -> Optional[str]:
 class TextEncoder:
     """Encodes token keys to normalised embeddings, exactly as `model.encode_text` would."""
 
-    def __init__(self, clip):
+    def __init__(self, clip, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self.precision = precision
         model = clip.model
         self.model = model
         self.tokenizer = clip.tokenizer
@@ -134,8 +143,12 @@ class TextEncoder:
         self.heads = self.blocks[0].attn.num_heads
         self.width = int(model.positional_embedding.shape[1])
         self.head_dim = self.width // self.heads
+        self._slab_buf: Optional[torch.Tensor] = None
         self.pool_eos = model.text_eos_id if model.text_pool_type == "eos" else None
-        self._linear, self.linear_backend = choose_linear(self.device)
+        if precision == "bf16":
+            self._linear, self.linear_backend = bf16_linear(self.blocks), "bf16"
+        else:
+            self._linear, self.linear_backend = choose_linear(self.device)
         act = self.blocks[0].mlp.gelu
         # Fuse exact (erf) GELU into the first MLP matmul when oneDNN does the matmuls.
         self._fuse_gelu = (self.linear_backend == "onednn" and type(act) is torch.nn.GELU
@@ -174,10 +187,10 @@ class TextEncoder:
     # ---- encoding -----------------------------------------------------------
     @torch.inference_mode()
     def encode(self, jobs: Sequence[Job], grouping: bool = True) -> list[Result]:
-        """Results in job order.
+        """Results in job order, from one packed forward (several only beyond MAX_GROUP_ROWS new rows).
 
-        Jobs are grouped by the number of tokens they must compute (grouping=False:
-        one ragged forward pass for all of them, as tests use to check masking).
+        grouping=False: one forward whatever the size. Not thread-safe: one call
+        at a time (the scorer holds its compute lock; the KV slab buffer is shared).
         """
         if not jobs:
             return []
@@ -216,97 +229,168 @@ class TextEncoder:
         return self._linear(h, proj.weight, proj.bias)
 
     def _encode_groups(self, jobs: Sequence[Job], root: Optional[Prefix], grouping: bool = True) -> list[Result]:
+        """One packed forward for the whole batch, split only to bound memory.
+
+        grouping=False: a single forward whatever its size (tests use it to
+        check ragged masking). Otherwise jobs are cut, in order, into chunks of
+        at most MAX_GROUP_ROWS new token rows and MAX_SLAB_SLOTS KV slots
+        (bulk batches of long captions); a typing batch of up to ~100 players
+        is one chunk.
+        """
         starts = [self._start(job, root) for job in jobs]
         if not grouping:
             return self._forward(jobs, starts)
-        new_counts = [len(job.key) - used for job, (_, used) in zip(jobs, starts)]
-        order = sorted(range(len(jobs)), key=lambda i: new_counts[i])
-        results: list[Optional[Result]] = [None] * len(jobs)
-        for group in partition_by_length([new_counts[i] for i in order]):
-            idx = [order[i] for i in group]
-            out = self._forward([jobs[i] for i in idx], [starts[i] for i in idx])
-            for i, result in zip(idx, out):
-                results[i] = result
-        return results  # type: ignore[return-value]
+        # A GPU has memory to spare and wants big calls; the bounds are for CPU boxes.
+        scale = 16 if torch.device(self.device).type == "cuda" else 1
+        max_rows, max_slots = MAX_GROUP_ROWS * scale, MAX_SLAB_SLOTS * scale
+        results: list[Result] = []
+        lo, rows, longest = 0, 0, 0
+        for i, (job, (_, used)) in enumerate(zip(jobs, starts)):
+            n, total = len(job.key) - used, len(job.key)
+            if i > lo and (rows + n > max_rows or (i - lo + 1) * max(longest, total) > max_slots):
+                results += self._forward(jobs[lo:i], starts[lo:i])
+                lo, rows, longest = i, 0, 0
+            rows, longest = rows + n, max(longest, total)
+        results += self._forward(jobs[lo:], starts[lo:])
+        return results
 
     def _forward(self, jobs: Sequence[Job], starts: Sequence[tuple[Optional[Prefix], int]]) -> list[Result]:
+        """Encode a ragged batch in one pass: packed GEMMs, one padded SDPA per layer.
+
+        Every new token of every job is one row of a packed (N, width) matrix,
+        so each layer's QKV, output and MLP matmuls read the weights once for
+        the whole batch, with no padding rows. For attention, a KV slab
+        (layers, 2, B, heads, T, head_dim) holds each job's cached prefix
+        followed directly by its new keys/values, so a key's slot is its
+        absolute position and one mask serves every layer: query at position
+        p sees slots 0..p of its own row (which covers prefix and causality;
+        slots past a job's end are never visible to its real queries).
+        """
         model, dev = self.model, self.device
         B = len(jobs)
         used = [n for _, n in starts]
-        new = [job.key[n:] for job, n in zip(jobs, used)]
-        lens = [len(t) for t in new]
-        M, P = max(lens), max(used)
-        L, H, D = self.layers, self.heads, self.head_dim
+        lens = [len(job.key) - n for job, n in zip(jobs, used)]
+        totals = [u + n for u, n in zip(used, lens)]
+        M, T, N = max(lens), max(totals), sum(lens)
+        L, H, D, W = self.layers, self.heads, self.head_dim, self.width
 
-        tokens = torch.zeros(B, M, dtype=torch.long)
-        positions = torch.full((B, M), self.context_length - 1, dtype=torch.long)
-        for i, (toks, p) in enumerate(zip(new, used)):
-            tokens[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-            positions[i, : len(toks)] = torch.arange(p, p + len(toks))
-        tokens, positions = tokens.to(dev), positions.to(dev)
+        # Packed row -> (job, slot in the job's query block, absolute position).
+        flat_tokens, row_job, row_q, row_pos = [], [], [], []
+        for i, (job, u, n) in enumerate(zip(jobs, used, lens)):
+            flat_tokens.extend(job.key[u:])
+            row_job.extend([i] * n)
+            row_q.extend(range(n))
+            row_pos.extend(range(u, u + n))
+        tokens = torch.tensor(flat_tokens, dtype=torch.long, device=dev)
+        b_idx = torch.tensor(row_job, dtype=torch.long, device=dev)
+        q_idx = torch.tensor(row_q, dtype=torch.long, device=dev)
+        pos = torch.tensor(row_pos, dtype=torch.long, device=dev)
         # Same ops as encode_text: embedding gather, then add the absolute positional rows.
-        x = model.token_embedding(tokens) + model.positional_embedding[positions]
+        x = model.token_embedding(tokens) + model.positional_embedding[pos]  # (N, W)
+        uniform = all(n == M for n in lens)  # typing batches: no query padding, plain views
 
-        # Additive mask (B, 1, M, P + M): cached prefix keys up to each row's own
-        # length, then causal over the new tokens. Padding queries (after a row's
-        # end token) still see themselves, so no row is all -inf.
-        mask = torch.zeros(B, 1, M, P + M, device=dev)
-        if P:
-            pref_pad = torch.arange(P, device=dev)[None, :] >= torch.tensor(used, device=dev)[:, None]
-            mask[:, 0, :, :P].masked_fill_(pref_pad[:, None, :], float("-inf"))
-        mask[:, 0, :, P:].masked_fill_(torch.ones(M, M, dtype=torch.bool, device=dev).triu_(1), float("-inf"))
+        # Query positions per (job, query slot); padding slots repeat the job's last
+        # position, so they attend to real keys only and are discarded.
+        qpos = torch.tensor([[u + min(m, n - 1) for m in range(M)] for u, n in zip(used, lens)],
+                            dtype=torch.long, device=dev)
+        mask = torch.arange(T, device=dev)[None, None, :] <= qpos[:, :, None]  # (B, M, T), True = attend
+        mask = mask[:, None]  # (B, 1, M, T)
+        ends = torch.tensor(totals, device=dev) - 1
+        end_rows = torch.tensor(list(accumulate(lens)), device=dev) - 1  # each job's last packed row
 
-        prefix_kv = None
-        if P:
-            prefix_kv = torch.zeros(L, 2, B, H, P, D, device=dev)
-            for i, (prefix, p) in enumerate(starts):
-                if p:
-                    prefix_kv[:, :, i, :, :p] = prefix.kv[:, :, :, :p]
-        keep = any(job.keep for job in jobs)
-        new_kv = torch.empty(L, 2, B, H, M, D, device=dev) if keep else None
+        slab = self._slab((L, 2, B, H, T, D))
+        for i, (prefix, u) in enumerate(starts):
+            if u:
+                slab[:, :, i, :, :u] = prefix.kv[:, :, :, :u]
 
+        q_pad = None if uniform else x.new_zeros(B, M, H, D)  # padding slots stay 0
         lin = self._linear
-        ends = torch.tensor(lens, device=dev) - 1  # each row's pooled (end-token) position
-        rows = torch.arange(B, device=dev)
         for layer, block in enumerate(self.blocks):
             attn = block.attn
-            qkv = lin(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-            q, k, v = qkv.view(B, M, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, M, D)
-            if keep:
-                new_kv[layer, 0] = k
-                new_kv[layer, 1] = v
-            if P:
-                k = torch.cat([prefix_kv[layer, 0], k], dim=2)
-                v = torch.cat([prefix_kv[layer, 1], v], dim=2)
+            qkv = lin(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).view(-1, 3, H, D)
+            # Ragged scatter of the new keys/values into their absolute-position slots.
+            slab[layer, 0, b_idx, :, pos] = qkv[:, 1]
+            slab[layer, 1, b_idx, :, pos] = qkv[:, 2]
+            k, v = slab[layer, 0], slab[layer, 1]  # (B, H, T, D)
             if layer == L - 1:
                 # Only the pooled row leaves the last block: every token still
                 # contributes keys/values, but queries, attention output, MLP
                 # and everything after are needed for that one row. Exact.
-                q = q[rows, :, ends].unsqueeze(2)
-                mask = mask[rows, :, ends].unsqueeze(2)
-                x = x[rows, ends].unsqueeze(1)
-                M = 1
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            a = lin(a.transpose(1, 2).reshape(B, M, self.width), attn.out_proj.weight, attn.out_proj.bias)
+                q = qkv[end_rows, 0].unsqueeze(2)  # (B, H, 1, D)
+                m = (torch.arange(T, device=dev)[None, :] <= ends[:, None])[:, None, None]
+                x = x[end_rows]
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=m).reshape(B, W)
+            else:
+                if uniform:
+                    q = qkv[:, 0].view(B, M, H, D).transpose(1, 2)
+                else:
+                    q_pad[b_idx, q_idx] = qkv[:, 0]
+                    q = q_pad.transpose(1, 2)
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)  # (B, M, H, D)
+                a = a.reshape(N, W) if uniform else a[b_idx, q_idx].reshape(N, W)
+            a = lin(a, attn.out_proj.weight, attn.out_proj.bias)
             x = x + block.ls_1(a)
             x = x + block.ls_2(self._mlp(block, block.ln_2(x)))
 
         # ln_final is per token, so applying it to the pooled row only is exact.
-        pooled = model.ln_final(x[:, 0])
+        pooled = model.ln_final(x)
         proj = model.text_projection
         pooled = proj(pooled) if isinstance(proj, torch.nn.Linear) else pooled @ proj
         feats = F.normalize(pooled.float(), dim=-1).cpu()
 
         results = []
-        for i, job in enumerate(jobs):
+        for i, job in enumerate(jobs):  # kept prefixes are copies: the slab is reused
             kept = None
             if job.keep:
-                parts = [new_kv[:, :, i, :, : lens[i] - 1]]
-                if used[i]:
-                    parts.insert(0, starts[i][0].kv[:, :, :, : used[i]])
-                kept = Prefix(tokens=tuple(job.key[:-1]), kv=torch.cat(parts, dim=3).contiguous())
+                kv = slab[:, :, i, :, : totals[i] - 1]
+                kept = Prefix(tokens=tuple(job.key[:-1]), kv=kv.clone())
             results.append(Result(feats[i], kept, used[i]))
         return results
+
+
+    def _slab(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A KV slab of `shape`, reusing one buffer up to SLAB_REUSE_BYTES.
+
+        Zero-filling a fresh slab per call cost ~5% of a typing batch. Slots no
+        query may see (past a job's end) keep stale keys/values of an earlier
+        batch; those are finite, so masked attention weights of exactly 0 still
+        multiply them to 0 (uninitialised memory could hold NaN, and 0 * NaN is NaN).
+        """
+        numel = 1
+        for n in shape:
+            numel *= n
+        if numel * 4 > SLAB_REUSE_BYTES:
+            return torch.zeros(shape, device=self.device)
+        buf = self._slab_buf
+        if buf is None or buf.numel() < numel:
+            buf = self._slab_buf = torch.zeros(max(numel, 1 << 20), device=self.device)
+        return buf[:numel].view(shape)
+
+
+def bf16_linear(blocks):
+    """The opt-in bf16 matmul: the blocks' weights copied once to bfloat16, fp32 in and out.
+
+    Not exact (inputs are rounded to 8 bits of mantissa before each matmul;
+    bench/scoring.py --precision bf16 prints the measured error); everything
+    else (LayerNorm, attention, residual stream, keys/values) stays fp32. The
+    model's own fp32 weights are untouched, so `encode_text` stays the reference.
+    """
+    copies: dict[int, torch.Tensor] = {}
+    for block in blocks:
+        for module in (block.attn, block.mlp.c_fc, block.mlp.c_proj):
+            for name in ("in_proj_weight", "in_proj_bias", "weight", "bias"):
+                t = getattr(module, name, None)
+                if isinstance(t, torch.Tensor):
+                    copies[id(t)] = t.detach().to(torch.bfloat16)
+        out = block.attn.out_proj
+        for t in (out.weight, out.bias):
+            if t is not None:
+                copies[id(t)] = t.detach().to(torch.bfloat16)
+
+    def linear(x, weight, bias):
+        b = copies[id(bias)] if bias is not None else None
+        return F.linear(x.to(torch.bfloat16), copies[id(weight)], b).float()
+    return linear
 
 
 def _onednn_linear(x, weight, bias):
@@ -338,29 +422,3 @@ def choose_linear(device: torch.device):
         log.warning("oneDNN linear disagrees with F.linear; using F.linear")
         return F.linear, "torch"
     return _onednn_linear, "onednn"
-
-
-def partition_by_length(counts: Sequence[int], overhead: float = GROUP_OVERHEAD_ROWS,
-                        max_rows: int = MAX_GROUP_ROWS) -> list[list[int]]:
-    """Split sorted token counts into contiguous groups minimising padded rows + per-call overhead.
-
-    `counts` must be ascending; a group's cost is size x its largest count
-    (padding included) plus `overhead`. Dynamic programming, O(n^2) on a
-    batch of at most a few hundred.
-    """
-    n = len(counts)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(j - 1, -1, -1):
-            rows = (j - i) * counts[j - 1]
-            if rows > max_rows and j - i > 1:
-                break
-            cost = best[i] + rows + overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], n
-    while j > 0:
-        groups.append(list(range(cut[j], j)))
-        j = cut[j]
-    return groups[::-1]

@@ -47,7 +47,8 @@ def load_judge(config: dict) -> Judge:
     """Load (once per process and settings) the CLIP scorer the config asks for."""
     key = (config["CLIP_MODEL"], config["CLIP_PRETRAINED"], config.get("DEVICE"),
            config.get("MODELS_DIR"), config["ENV"], config["DEMO_FALLBACK"],
-           config["MAX_CAPTION_CHARS"], config["SCORER_BATCH_WINDOW_MS"], config.get("TORCH_THREADS"))
+           config["MAX_CAPTION_CHARS"], config["SCORER_BATCH_WINDOW_MS"], config.get("TORCH_THREADS"),
+           config.get("SCORER_PRECISION", "fp32"))
     with _lock:
         judge = _loaded.get(key)
         if judge is None:
@@ -88,7 +89,8 @@ def _load(config: dict) -> Judge:
     # TORCH_THREADS unset: the scorer's default (cores - 1, see engine.scorer.configure_torch_threads).
     threads = int(config["TORCH_THREADS"]) if config.get("TORCH_THREADS") else None
     scorer = Scorer(clip, max_caption_chars=config["MAX_CAPTION_CHARS"],
-                    batch_window_ms=config["SCORER_BATCH_WINDOW_MS"], num_threads=threads)
+                    batch_window_ms=config["SCORER_BATCH_WINDOW_MS"], num_threads=threads,
+                    precision=config.get("SCORER_PRECISION", "fp32"))
     if reason:
         log.warning("DEMO MODE: %s", reason)
     log.info("judge: %s", clip.describe())

@@ -8,7 +8,7 @@ from engine.clip_model import load_clip
 from engine.embeddings import LRUCache
 from engine.scorer import (CaptionError, Scorer, ScorerClosedError, embedding_from_bytes, embedding_to_bytes,
                            validate_caption)
-from engine.text_encoder import Job, TextEncoder, partition_by_length
+from engine.text_encoder import Job, TextEncoder
 
 from tests.helpers.hard_captions import HARD_CAPTIONS
 
@@ -167,15 +167,6 @@ def test_scorer_reports_its_model(clip, scorer):
     assert scorer.stats()["torch_threads"] >= 1
 
 
-def test_partition_by_length_groups_similar_lengths():
-    assert partition_by_length([]) == []
-    assert partition_by_length([5]) == [[0]]
-    groups = partition_by_length([1, 1, 2, 2, 30, 30, 31], overhead=4)
-    assert groups == [[0, 1, 2, 3], [4, 5, 6]]
-    assert sum(len(g) for g in partition_by_length(list(range(1, 100)))) == 99
-    assert all(len(g) * 77 <= 200 or len(g) == 1 for g in partition_by_length([77] * 10, max_rows=200))
-
-
 def test_lru_cache_bounds_entries_and_bytes():
     cache = LRUCache(3, max_bytes=10, size_of=len)
     cache.put("a", "1234")
@@ -256,3 +247,40 @@ def test_any_text_is_either_a_caption_error_or_exact(clip):
             assert np.abs(got - reference(clip, [text])[0]).max() <= TOL  # stripping changes nothing
 
         check()
+
+
+def test_bf16_path_is_opt_in_close_and_says_so(clip):
+    """bf16 matmuls: not exact, but close; the fp32 default stays exact and the model untouched."""
+    captions = ["a raccoon driving a tractor", "two owls reading a newspaper at dawn", "🦝"]
+    ref = reference(clip, captions)
+    with Scorer(clip, precision="bf16") as scorer:
+        got = np.stack([scorer.embed_text(c, stream="p") for c in captions])
+        stats = scorer.stats()
+    assert stats["precision"] == "bf16" and stats["device"] == "cpu"
+    err = float(np.abs(got - ref).max())
+    assert 1e-6 < err < 5e-2  # measurably rounded, still the same embedding
+    assert all(p.dtype == torch.float32 for p in clip.model.parameters())
+    with Scorer(clip) as scorer:
+        assert scorer.stats()["precision"] == "fp32"
+        assert np.abs(scorer.embed_text(captions[0]) - ref[0]).max() <= 1e-5
+    with pytest.raises(ValueError, match="precision"):
+        TextEncoder(clip, precision="fp8")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_packed_typing_batches_on_cuda_are_exact_and_bf16_is_close():
+    """The GPU judge: a ragged batch of typing drafts (one packed forward, KV slab on the GPU)
+    equals open_clip's own CUDA path; the opt-in bf16 path stays close."""
+    gpu = load_clip("test-tiny", "random", device="cuda")
+    bases = ["a cat", "the quick brown fox jumps over", "🦝", "two owls reading"]
+    drafts = [b + " " + w for b, w in zip(bases, ["on a mat", "the lazy dog", "🚜 tractor", "a paper"])]
+    ref = gpu.encode_texts_reference(drafts).cpu().numpy()
+    for precision, tol in (("fp32", 1e-5), ("bf16", 5e-2)):
+        with Scorer(gpu, precision=precision) as scorer:
+            for i, b in enumerate(bases):
+                scorer.embed_text(b, stream=f"p{i}")
+            got = np.stack([scorer.embed_text(d, stream=f"p{i}") for i, d in enumerate(drafts)])
+            assert scorer.stats()["device"].startswith("cuda")
+        assert np.abs(got - ref).max() <= tol
+    assert not torch.backends.cuda.matmul.allow_tf32

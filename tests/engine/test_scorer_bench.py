@@ -38,3 +38,29 @@ def test_benchmark_captions_are_distinct_and_realistic():
     drafts = scoring.typing_drafts("a raccoon driving a tractor", random.Random(0))
     assert drafts[-1] == "a raccoon driving a tractor"
     assert "a raccoon" in drafts and len(drafts) == len(set(drafts))
+
+
+def test_benchmark_sweeps_batch_sizes_and_prints_the_bf16_error():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scoring.py"), "--model", "test-tiny",
+                           "--captions", "16", "--players", "2", "--quick", "--threads", "1",
+                           "--sweep", "--precision", "bf16"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    sweep = [line for line in lines if re.match(r"^batch \d+: [\d.]+ captions/s, [\d.]+ drafts/s", line)]
+    assert [line.split(":")[0] for line in sweep] == ["batch 1", "batch 4", "batch 16", "batch 64"]
+    match = LAST_LINE.match(lines[-1])
+    assert match, lines[-1]
+    assert 0 < float(match.group(6)) < 5e-2  # bf16 is opt-in because it is not exact: its error shows
+
+
+def test_benchmark_lists_device_and_refuses_a_missing_gpu():
+    import torch
+    help_text = subprocess.run([sys.executable, str(ROOT / "bench" / "scoring.py"), "--help"],
+                               capture_output=True, text=True, timeout=120, cwd=ROOT).stdout
+    assert "--device" in help_text and "--precision" in help_text
+    if torch.cuda.is_available():
+        return  # the refusal below is for machines without a GPU
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scoring.py"), "--model", "test-tiny",
+                           "--device", "cuda"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr

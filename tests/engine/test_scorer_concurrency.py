@@ -192,3 +192,38 @@ def test_bulk_work_lets_live_drafts_go_first(clip):
         bulk.join(timeout=60)
         live.join(timeout=60)
     assert order == ["live", "bulk"]  # served after at most one bulk chunk, not after all four
+
+
+def test_thread_tuner_follows_the_cheaper_thread_count():
+    """Measured cost per row decides; trials of the other count come back, and a collapse ends one at once."""
+    from engine.scorer import ThreadTuner
+    tuner = ThreadTuner((1, 2))
+    cost = {1: 0.010, 2: 0.006}  # seconds per (row + overhead): 2 threads faster (idle box)
+
+    def run(batches):
+        seen = []
+        for _ in range(batches):
+            n = tuner.current
+            seen.append(n)
+            tuner.observe(10, cost[n] * (10 + ThreadTuner.OVERHEAD_ROWS))
+        return seen
+
+    run(ThreadTuner.EXPLORE_EVERY + ThreadTuner.TRIAL)
+    assert tuner.home == 2 and tuner.current == 2 and tuner.switches == 1
+    cost[2] = 0.080  # another process took a core: 2 threads collapse
+    seen = run(2000)
+    assert tuner.home == 1 and seen.count(1) > 0.95 * len(seen) and tuner.switches == 2
+    collapsed = [i for i, n in enumerate(seen) if n == 2]
+    # Once back on 1, each later trial of 2 threads costs 2 batches (warm-up + one measured), and
+    # lost trials come less and less often.
+    assert len(collapsed) < 2 * ThreadTuner.TRIAL + 2 * 8
+    assert tuner.explore_every > ThreadTuner.EXPLORE_EVERY
+    cost[2] = 0.004  # the other process finished: 2 threads win again at the next trial
+    run(2 * ThreadTuner.MAX_EXPLORE_EVERY)
+    assert tuner.home == 2 and tuner.switches == 3
+
+
+def test_configured_threads_are_not_tuned(clip):
+    with Scorer(clip, num_threads=1) as scorer:
+        stats = scorer.stats()
+    assert stats["torch_threads"] == 1 and not stats["thread_tuning"]

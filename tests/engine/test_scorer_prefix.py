@@ -169,3 +169,33 @@ def test_kept_prefix_matches_a_from_scratch_computation(clip):
     assert b.tokens == scratch.tokens
     assert b.kv.shape == (enc.layers, 2, enc.heads, len(b.tokens), enc.head_dim)
     assert torch.allclose(b.kv, scratch.kv, atol=1e-5)
+
+
+def test_one_packed_forward_equals_chunked_forwards_and_open_clip(clip, monkeypatch):
+    """Ragged batch: uniform and padded query blocks, chunking at the memory bounds, and a
+    KV slab buffer reused after a larger batch (stale slots must stay invisible)."""
+    import engine.text_encoder as te
+    enc = TextEncoder(clip)
+    rng = np.random.default_rng(3)
+    words = "a red fox on the hill under stars eating bread with two old dogs".split()
+    bases = [" ".join(rng.choice(words, size=rng.integers(1, 12))) for _ in range(24)]
+    drafts = [b + " " + " ".join(rng.choice(words, size=rng.integers(1, 4))) for b in bases]
+    prefixes = [r.prefix for r in enc.encode([Job(enc.key(b), keep=True) for b in bases])]
+    jobs = [Job(enc.key(d), prefix=p, keep=True) for d, p in zip(drafts, prefixes)]
+    jobs += [Job(enc.key("a long caption " * 12))]  # no prefix, many new rows
+    captions = drafts + ["a long caption " * 12]
+    one = enc.encode(jobs, grouping=False)
+    monkeypatch.setattr(te, "MAX_GROUP_ROWS", 7)
+    monkeypatch.setattr(te, "MAX_SLAB_SLOTS", 40)
+    chunked = enc.encode(jobs)
+    monkeypatch.undo()
+    uniform = enc.encode([Job(enc.key(d + " dog"), prefix=r.prefix) for d, r in zip(drafts[:5], one)])
+    for caption, a, b in zip(captions, one, chunked):
+        ref = reference(clip, caption)
+        assert np.abs(a.embedding.numpy() - ref).max() <= TOL
+        assert np.abs(b.embedding.numpy() - ref).max() <= TOL
+        if a.prefix is not None:
+            assert torch.allclose(a.prefix.kv, b.prefix.kv, atol=1e-5)
+    for d, r in zip(drafts[:5], uniform):
+        assert r.reused == len(enc.key(d)) - 1
+        assert np.abs(r.embedding.numpy() - reference(clip, d + " dog")).max() <= TOL

@@ -27,6 +27,14 @@ def test_bad_settings_fail_at_start_with_the_setting_named(tmp_path, redis_url, 
         make_app(tmp_path, redis_url, clock, ENV="staging")
     with pytest.raises(ConfigError, match="CAPTIONARY_CLIP_MODEL"):
         make_app(tmp_path, redis_url, clock, CLIP_MODEL="no-such-model")
+    with pytest.raises(ConfigError, match="CAPTIONARY_SCORER_PRECISION"):
+        make_app(tmp_path, redis_url, clock, SCORER_PRECISION="fp16")
+
+
+def test_scorer_precision_is_fp32_unless_bf16_is_asked_for(tmp_path, redis_url, redis_client, clock):
+    assert make_app(tmp_path, redis_url, clock).extensions["scorer"].precision == "fp32"
+    app = make_app(tmp_path, redis_url, clock, SCORER_PRECISION="bf16")
+    assert app.extensions["scorer"].stats()["precision"] == "bf16"
 
 
 def test_production_refuses_without_a_real_secret_or_pretrained_weights(tmp_path, redis_url, redis_client, clock,

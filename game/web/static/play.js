@@ -1,6 +1,7 @@
-/* The play page: live score while typing (debounced ~150 ms, sent at once at word
-   boundaries), submit, hint, and the puzzle's live leaderboard. Scores arrive
-   tagged with the draft's seq; an answer older than the newest one shown is ignored. */
+/* The play page: live score while typing (a draft once typing pauses for PAUSE_MS,
+   and at once at word boundaries), submit, hint, and the puzzle's live leaderboard.
+   Scores arrive tagged with the draft's seq; an answer older than the newest one
+   shown is ignored. */
 "use strict";
 (function () {
   const root = document.getElementById("play");
@@ -14,7 +15,13 @@
   const maxChars = Number(document.body.dataset.maxChars) || 200;
 
   let seq = 0, shownSeq = -1, debounce = null, announceTimer = null, lastSent = null, pendingSubmit = false;
-  const DEBOUNCE_MS = 150;
+  // Typing pause before a mid-word draft. Each draft costs the server a share of
+  // an encoder pass, and at 150 ms most keystrokes of a steady typist sent one
+  // (half-typed words, overtaken by the next key). Tuned with bench/ws_load.py
+  // --pause-ms (docs/scaling.md): 150 ms offered 3.45 drafts/s per typist, 250 ms
+  // 1.62, 300 ms 0.63 (words only). 250 ms keeps a score within ~1/3 s of a pause.
+  // bench/ws_load.py reads this line.
+  const PAUSE_MS = 250;
   const BAR_FULL = 0.5;   // cosine scores rarely pass 0.5: the bar is full there
 
   function setScore(value) {
@@ -52,7 +59,7 @@
     if (ev.inputType === "insertText" && /[\s.,;:!?]/.test(last)) {
       sendDraft();   // a word just ended: score it now
     } else {
-      debounce = setTimeout(sendDraft, DEBOUNCE_MS);
+      debounce = setTimeout(sendDraft, PAUSE_MS);
     }
   });
   caption.addEventListener("keydown", function (ev) {
