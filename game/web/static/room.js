@@ -10,7 +10,9 @@
   const me = document.body.dataset.player;
   const $ = function (id) { return document.getElementById(id); };
   const caption = $("caption"), scoreEl = $("score"), message = $("message"), lockBtn = $("lock-btn");
-  const BAR_FULL = 0.5, DEBOUNCE_MS = 150;
+  // The play page's measured typing pause (play.js PAUSE_MS, docs/scaling.md): half the
+  // drafts of 150 ms for a bar that still moves within about a third of a second.
+  const BAR_FULL = 0.5, DEBOUNCE_MS = 250;
 
   let joined = false, state = null, offset = 0, seq = 0, shownSeq = -1, debounce = null, lastSent = null;
   let lockedRound = 0, announceTimer = null, said = {};
