@@ -47,12 +47,17 @@ The last lines are machine-readable:
   generate_batch: size=<s> seeds=<n> seed_it_s=<x> reference_seed_it_s=<y>
   self_score: size=<s> steps=<n> engine=<a> reference=<b>
 
+`--cutouts` only times one step's cutout resize (forward + backward) three ways:
+our batched notebook resample, our bilinear option, and the notebook's per-cutout loop:
+
+  cutouts: size=<s> cutn=<n> notebook_ms=<a> bilinear_ms=<b> per_cutout_notebook_ms=<c>
+
 peak_gib is torch.cuda.max_memory_allocated on CUDA; on CPU it is "n/a" (the
 process's peak RSS, which covers the whole run, is printed on an info line).
 
 Usage: python bench/generate.py [--quick] [--check-notebook] [--sizes 256 512 1024] [--cutn 32]
        [--steps 10] [--seeds 16] [--batch-size 256] [--repeats 3] [--score-steps 50] [--threads N]
-       [--compile] [--device cuda]
+       [--cutouts] [--compile] [--device cuda]
 """
 from __future__ import annotations
 
@@ -256,6 +261,30 @@ def check_notebook(steps=5, sizes=(64, 128), cutn=8, seed=0, init_weight=0.5,
 
 
 # ---- speed --------------------------------------------------------------------------------
+def cutout_ms(size, cutn, cut_size, repeats, device) -> dict:
+    """Forward + backward ms of one step's cutouts: our notebook resample, our bilinear, the per-cutout loop."""
+    image = torch.rand(1, 3, size, size, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    boxes = cut.random_boxes(size, size, cutn, cut_size, 1.0, [gen], device)
+    listed = [boxes[0, :, :3].int().tolist()]
+    ways = {"notebook": lambda x: cut.make_cutouts(x, boxes, cut_size, "notebook"),
+            "bilinear": lambda x: cut.make_cutouts(x, boxes, cut_size, "bilinear"),
+            "per_cutout": lambda x: torch.cat([notebook_resample(x[:, :, oy:oy + s, ox:ox + s], cut_size)
+                                               for s, ox, oy in listed[0]])}
+    out = {}
+    for name, fn in ways.items():
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first is warm-up
+            x = image.clone().requires_grad_(True)
+            sync(device)
+            t0 = time.perf_counter()
+            fn(x).sum().backward()
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = best * 1000
+    return out
+
+
 def reference_it_s(vq, clip_model, text_emb, size, cutn, warm, steps, repeats, device, batch=1) -> float:
     """Iterations/s of the notebook's loop at its precision: best of `repeats` windows."""
     torch.backends.cudnn.benchmark = False
@@ -335,6 +364,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, help="size for the batched-seeds line")
     parser.add_argument("--score-steps", type=int, help="steps before the self-score comparison")
     parser.add_argument("--score-size", type=int, help="size of the self-score comparison")
+    parser.add_argument("--cutouts", action="store_true", help="only time the cutout resize options")
     parser.add_argument("--compile", action="store_true", help="engine with torch.compile")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads (default: 1 on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -350,6 +380,15 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     quick = args.quick
+    if args.cutouts:
+        torch.set_num_threads(args.threads or (1 if device.type == "cpu" else torch.get_num_threads()))
+        print(f"cutout resize, forward + backward, best of {args.repeats or 3}; device {device}, "
+              f"{torch.get_num_threads()} threads")
+        for size in args.sizes or [256, 512, 1024]:
+            ms = cutout_ms(size, args.cutn or 32, 224, args.repeats or 3, device)
+            print(f"cutouts: size={size} cutn={args.cutn or 32} notebook_ms={ms['notebook']:.1f} "
+                  f"bilinear_ms={ms['bilinear']:.1f} per_cutout_notebook_ms={ms['per_cutout']:.1f}")
+        return 0
     sizes = args.sizes or ([64, 128] if quick else [256, 512, 1024])
     cutn = args.cutn or (4 if quick else 32)
     steps = args.steps or (REPORT_EVERY if quick else 10)

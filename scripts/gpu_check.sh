@@ -43,7 +43,7 @@ step() {
     cat "$DEST/.step.out" >>"$LOG"
     # Per-size lines print as soon as measured (indented), so a step cut short still leaves its figures.
     sed -E 's/^[[:space:]]+//' "$DEST/.step.out" |
-        grep -E '^(notebook_match|generate|generate_batch|self_score|scoring): |^device: |^reference: |^=+ .* in [0-9.]+s' |
+        grep -E '^(notebook_match|cutouts|generate|generate_batch|self_score|scoring): |^device: |^reference: |^=+ .* in [0-9.]+s' |
         awk '!seen[$0]++' >>"$LINES"
     rm -f "$DEST/.step.out"
     note "== $name: exit $rc after $((SECONDS - start))s"
@@ -59,13 +59,14 @@ note "cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
 note "torch: $("$PY" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)')"
 
 step "notebook check" 60 "$PY" bench/generate.py --check-notebook
-step "gpu tests" 90 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/system/test_gpu.py
+step "gpu tests" 80 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/system/test_gpu.py
 if [[ "$TINY" == 1 ]]; then
     step "generation benchmark (tiny)" 600 "$PY" bench/generate.py --device "$DEVICE" --quick --sizes 64 \
         --repeats 1 --seeds 2 --batch-size 64 --score-steps 2
 else
-    step "generation benchmark" 270 "$PY" bench/generate.py --device "$DEVICE"
+    step "generation benchmark" 250 "$PY" bench/generate.py --device "$DEVICE"
 fi
+step "cutout timing" 30 "$PY" bench/generate.py --device "$DEVICE" --cutouts $([[ "$TINY" == 1 ]] && echo --sizes 64 128)
 if "$PY" bench/scoring.py --help 2>/dev/null | grep -q -- '--device'; then
     if [[ "$TINY" == 1 ]]; then
         step "scoring benchmark (tiny)" 300 "$PY" bench/scoring.py --device "$DEVICE" --model test-tiny --quick \

@@ -277,8 +277,9 @@ def test_bilinear_resample_option_runs_and_differs(clip, vqgan):
 
 @pytest.mark.slow
 def test_compile_option_matches_eager(clip, vqgan):
-    # torch.compile of the decode + cutouts + CLIP step: inductor compiles C++ on CPU (~1-3 min on
-    # a 2-core machine), hence `slow`. Fused kernels round differently: same image within a few levels.
+    # torch.compile of the decode + cutouts + CLIP step: inductor compiles C++ on CPU (290 s on the
+    # shared 2-core development machine), hence `slow`. Fused kernels round differently: same image
+    # within a few levels.
     eager, _ = run(clip, vqgan, iterations=3, seed=9)
     compiled, steps = run(clip, vqgan, iterations=3, seed=9, compile=True)
     assert len(steps) == 3 and all(np.isfinite(s.loss) for s in steps)
