@@ -57,7 +57,7 @@ process's peak RSS, which covers the whole run, is printed on an info line).
 
 Usage: python bench/generate.py [--quick] [--check-notebook] [--sizes 256 512 1024] [--cutn 32]
        [--steps 10] [--seeds 16] [--batch-size 256] [--repeats 3] [--score-steps 50] [--threads N]
-       [--cutouts] [--compile] [--device cuda]
+       [--cutouts] [--tiny-models] [--compile] [--device cuda]
 """
 from __future__ import annotations
 
@@ -365,6 +365,8 @@ def main(argv=None) -> int:
     parser.add_argument("--score-steps", type=int, help="steps before the self-score comparison")
     parser.add_argument("--score-size", type=int, help="size of the self-score comparison")
     parser.add_argument("--cutouts", action="store_true", help="only time the cutout resize options")
+    parser.add_argument("--tiny-models", action="store_true",
+                        help="the test-tiny CLIP and VQGAN (to try the script: its figures mean nothing)")
     parser.add_argument("--compile", action="store_true", help="engine with torch.compile")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads (default: 1 on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -407,8 +409,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; random weights (speed only, images meaningless)")
-    clip = load_clip("ViT-B-32", "random", device=device)
-    vqgan = load_vqgan("vqgan_imagenet_f16_16384", device=device, random_weights=True)
+    if args.tiny_models:
+        print("models: test-tiny CLIP and VQGAN (a smoke run of the script, not a speed figure)")
+        clip, vqgan = load_clip("test-tiny", "random", device=device), load_vqgan("test-tiny", device=device)
+    else:
+        clip = load_clip("ViT-B-32", "random", device=device)
+        vqgan = load_vqgan("vqgan_imagenet_f16_16384", device=device, random_weights=True)
     text_emb = clip.encode_texts_reference([PROMPT]).float()
     torch.backends.cudnn.benchmark = False
     reference_flags = backend_flags()

@@ -8,8 +8,8 @@
 # generate:, generate_batch:, self_score:, scoring:, the pytest summary) also go to
 # gpu_lines.txt. Both land in $OUT when it is set, else in the current directory.
 #
-# GPU_CHECK_TINY=1: the same steps at tiny sizes, on the CPU when there is no GPU
-# (to try the script anywhere; its figures are not the GPU's).
+# GPU_CHECK_TINY=1: the same steps at tiny sizes and on the tiny test models, on the CPU when
+# there is no GPU (to try the script anywhere; its figures mean nothing).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -43,7 +43,7 @@ step() {
     cat "$DEST/.step.out" >>"$LOG"
     # Per-size lines print as soon as measured (indented), so a step cut short still leaves its figures.
     sed -E 's/^[[:space:]]+//' "$DEST/.step.out" |
-        grep -E '^(notebook_match|cutouts|generate|generate_batch|self_score|scoring): |^device: |^reference: |^=+ .* in [0-9.]+s' |
+        grep -E '^(notebook_match|cutouts|generate|generate_batch|self_score|scoring): |^device: |^reference: |(passed|failed|skipped|errors?|deselected)\b.* in [0-9.]+s' |
         awk '!seen[$0]++' >>"$LINES"
     rm -f "$DEST/.step.out"
     note "== $name: exit $rc after $((SECONDS - start))s"
@@ -58,21 +58,25 @@ fi
 note "cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
 note "torch: $("$PY" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)')"
 
-step "notebook check" 60 "$PY" bench/generate.py --check-notebook
+step "notebook check" 90 "$PY" bench/generate.py --check-notebook
 step "gpu tests" 80 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/system/test_gpu.py
 if [[ "$TINY" == 1 ]]; then
-    step "generation benchmark (tiny)" 600 "$PY" bench/generate.py --device "$DEVICE" --quick --sizes 64 \
-        --repeats 1 --seeds 2 --batch-size 64 --score-steps 2
+    step "generation benchmark (tiny)" 300 "$PY" bench/generate.py --device "$DEVICE" --quick --tiny-models \
+        --sizes 64 --repeats 1 --seeds 2 --batch-size 64 --score-steps 2
 else
-    step "generation benchmark" 250 "$PY" bench/generate.py --device "$DEVICE"
+    step "generation benchmark" 240 "$PY" bench/generate.py --device "$DEVICE"
 fi
-step "cutout timing" 30 "$PY" bench/generate.py --device "$DEVICE" --cutouts $([[ "$TINY" == 1 ]] && echo --sizes 64 128)
+if [[ "$TINY" == 1 ]]; then
+    step "cutout timing (tiny)" 120 "$PY" bench/generate.py --device "$DEVICE" --cutouts --sizes 64 128 --cutn 8
+else
+    step "cutout timing" 20 "$PY" bench/generate.py --device "$DEVICE" --cutouts
+fi
 if "$PY" bench/scoring.py --help 2>/dev/null | grep -q -- '--device'; then
     if [[ "$TINY" == 1 ]]; then
         step "scoring benchmark (tiny)" 300 "$PY" bench/scoring.py --device "$DEVICE" --model test-tiny --quick \
             --captions 40 --players 4
     else
-        step "scoring benchmark" 60 "$PY" bench/scoring.py --device "$DEVICE" --quick
+        step "scoring benchmark" 50 "$PY" bench/scoring.py --device "$DEVICE" --quick
     fi
 else
     note "== scoring benchmark: skipped (bench/scoring.py has no --device option yet)"
