@@ -14,7 +14,9 @@ Beyond the notebook:
     a single run with its seed would have made;
   * prompt schedules (`^` stories or explicit (iteration, prompts) pairs) and
     a progressive-size option (start small, upscale the latent);
-  * speed: all cutouts of all candidates in one grid_sample, bf16 autocast on
+  * augment="notebook": the "with augmentations" notebook's kornia set and noise;
+    resample="bilinear": a faster cutout resize than the notebook's (see engine/cutouts.py);
+  * speed: all cutouts of all candidates in two batched matmuls, bf16 autocast on
     GPU, no host synchronisation inside the loop unless a callback, a frame or
     a score point asks for one, optional torch.compile and activation
     checkpointing. Global backend settings are never changed.
@@ -52,6 +54,8 @@ MAX_CUTN = 1024
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+AUGMENTS = ("none", "notebook")
+NOTEBOOK_NOISE = 0.1  # the augmented notebook's noise_fac
 
 
 class GenerationOutOfMemoryError(RuntimeError):
@@ -88,7 +92,9 @@ class GenerationConfig:
     score_every: int = 50  # add a (iteration, score) point to history every N iterations (0: ends only)
     report_every: int = 1  # call on_step every N iterations (each call syncs the device)
     flip: bool = False  # augmentation: mirror half the cutouts
-    noise: float = 0.0  # augmentation: per-cutout Gaussian noise up to this std (the CLI used 0.1)
+    noise: float = 0.0  # augmentation: per-cutout Gaussian noise up to this std (augment="notebook": 0.1)
+    resample: str = "notebook"  # cutout resize: "notebook" (Lanczos-2 + bicubic) or "bilinear" (faster, aliases)
+    augment: str = "none"  # "none" (the plain notebook) or "notebook" (the augmented notebook's kornia set)
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 elsewhere), "fp32" or "bf16"
     compile: bool = False  # torch.compile the decode+CLIP step (pays compile time once per shape)
     checkpointing: bool = False  # recompute decoder activations in backward: less memory, ~30% slower
@@ -128,6 +134,10 @@ class GenerationConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.resample not in cut.RESAMPLES:
+            raise ValueError(f"resample must be one of {', '.join(cut.RESAMPLES)}, got {self.resample!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.change_every is not None:
@@ -238,15 +248,36 @@ def _synth(vq, z: torch.Tensor, checkpointing: bool) -> torch.Tensor:
     return _ClampWithGrad.apply(out.add(1).div(2), 0, 1)
 
 
-def _forward(vq, clip_model, z, thetas, noise, mean, std, cut_size: int, bf16: bool, checkpointing: bool):
-    """One step's forward pass for all candidates: images and CLIP embeddings of all their cutouts."""
+def _forward(vq, clip_model, z, boxes, noise, mean, std, cut_size: int, bf16: bool, checkpointing: bool,
+             resample: str = "notebook", augment: Optional[Callable] = None):
+    """One step's forward pass for all candidates: images, their cutouts, and the cutouts' CLIP embeddings.
+
+    As the notebooks: the plain one clamps its cutouts (bicubic overshoots [0, 1]) with the
+    gradient-passing clamp; the augmented one does not, augments, then adds noise.
+    """
     with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
         image = _synth(vq, z, checkpointing)
-        cuts = cut.make_cutouts(image, thetas, cut_size)
+        cuts = cut.make_cutouts(image, boxes, cut_size, resample)
+        cuts = _ClampWithGrad.apply(cuts, 0, 1) if augment is None else augment(cuts)
         if noise is not None:
             cuts = cuts + noise.to(cuts.dtype)
         emb = clip_model.encode_image((cuts - mean) / std)
-    return image, emb.float()
+    return image, cuts, emb.float()
+
+
+def notebook_augmentations() -> torch.nn.Module:
+    """The "with augmentations" notebook's kornia pipeline, with its 2021 arguments.
+
+    kornia renamed that notebook's ColorJitter to ColorJiggle (0.6); ColorJitter now
+    means torchvision's variant. Imported here only: the plain path needs no kornia.
+    """
+    import kornia.augmentation as K
+    return torch.nn.Sequential(
+        K.RandomHorizontalFlip(p=0.5),
+        K.RandomSharpness(0.3, p=0.4),
+        K.RandomAffine(degrees=30, translate=(0.1, 0.1), p=0.8, padding_mode="border"),
+        K.RandomPerspective(0.2, p=0.4),
+        K.ColorJiggle(hue=0.01, saturation=0.01, p=0.7))
 
 
 @functools.lru_cache(maxsize=1)
@@ -276,6 +307,8 @@ class _Run:
         self.mean = torch.tensor(getattr(visual, "image_mean", None) or CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(getattr(visual, "image_std", None) or CLIP_STD, device=self.device).view(1, 3, 1, 1)
         self.encode_image = clip.model.encode_image
+        self.noise_std = config.noise or (NOTEBOOK_NOISE if config.augment == "notebook" else 0.0)
+        self.augs = notebook_augmentations().to(self.device) if config.augment == "notebook" else None
         self.init_pil, self.prompt_pils = init_pil, prompt_pils
         self.vqgan_id, self.vq_pretrained = vqgan.model_id, vqgan.is_pretrained
         self.score_emb = clip.encode_texts_reference([self.score_text]).clone()
@@ -287,17 +320,33 @@ class _Run:
     def _image(self, z: torch.Tensor) -> torch.Tensor:
         return _synth(self.vq, z, self.c.checkpointing)
 
-    def forward(self, z, thetas, noise):
+    def forward(self, z, boxes, noise, aug_generators):
         fn = _compiled_forward() if self.c.compile else _forward
-        return fn(self.vq, self.clip.model, z, thetas, noise, self.mean, self.std, self.cut_size,
-                  self.autocast["enabled"], self.c.checkpointing)
+        augment = None
+        if self.augs is not None:
+            augment = functools.partial(self._augment, aug_generators)
+        return fn(self.vq, self.clip.model, z, boxes, noise, self.mean, self.std, self.cut_size,
+                  self.autocast["enabled"], self.c.checkpointing, self.c.resample, augment)
+
+    def _augment(self, generators, cuts):
+        """kornia draws from torch's global generator: run it per candidate under a seed from that
+        candidate's own (CPU) generator, with the global state put back afterwards."""
+        devices = list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
+        out = []
+        with torch.autocast(self.device.type, enabled=False):
+            for part, g in zip(cuts.float().chunk(len(generators)), generators):
+                seed = int(torch.randint(2**62, (), generator=g))
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    out.append(self.augs(part))
+        return torch.cat(out)
 
     def _noise(self, generators):
-        if not self.c.noise:
+        if not self.noise_std:
             return None
         s, parts = self.cut_size, []
         for g in generators:
-            facs = torch.rand(self.c.cutn, 1, 1, 1, generator=g, device=self.device) * self.c.noise
+            facs = torch.rand(self.c.cutn, 1, 1, 1, generator=g, device=self.device) * self.noise_std
             parts.append(facs * torch.randn(self.c.cutn, 3, s, s, generator=g, device=self.device))
         return torch.cat(parts)
 
@@ -313,7 +362,7 @@ class _Run:
             d = spherical_distance(emb, embed[None, None]) * math.copysign(1.0, prompt.weight)
             d = _replace_grad(d, d.clamp_min(prompt.stop))  # a Python scalar: no host-to-device copy
             losses = losses + abs(prompt.weight) * d.mean(dim=(1, 2))
-        if self.c.init_weight and z_orig is not None:
+        if self.c.init_weight:  # the notebook's F.mse_loss(z, z_orig) * init_weight / 2, per candidate
             losses = losses + (z - z_orig).pow(2).mean(dim=(1, 2, 3)) * self.c.init_weight / 2
         return losses
 
@@ -328,10 +377,10 @@ class _Run:
         targets = []
         for prompt, pil in zip(self.c.parsed_image_prompts(), self.prompt_pils):
             x = _to_tensor(_fit_area(pil, size), self.device)
-            thetas = cut.random_thetas(x.shape[2], x.shape[3], self.c.cutn, self.cut_size, self.c.cut_pow,
-                                       [generator], self.device)
+            boxes = cut.random_boxes(x.shape[2], x.shape[3], self.c.cutn, self.cut_size, self.c.cut_pow,
+                                     [generator], self.device)
             with torch.no_grad(), torch.autocast(**self.autocast):
-                cuts = cut.make_cutouts(x, thetas, self.cut_size)
+                cuts = cut.make_cutouts(x, boxes, self.cut_size, self.c.resample).clamp(0, 1)
                 emb = self.encode_image((cuts - self.mean) / self.std).float()
             targets.append((emb, prompt))
         return targets
@@ -345,7 +394,8 @@ class _Run:
             return z.expand(len(generators), -1, -1, -1).clone(), z
         idx = torch.stack([torch.randint(self.vq.config.n_embed, (tokens, tokens), generator=g, device=self.device)
                            for g in generators])
-        return self.vq.tokens_to_latents(idx).float(), None
+        z = self.vq.tokens_to_latents(idx).float()
+        return z, z.clone()  # the notebook's z_orig: init_weight pulls towards the random start
 
 
 def _rebuild_optimizer(config, z, old=None, transform=None):
@@ -367,12 +417,14 @@ def _check_models(config: GenerationConfig, clip, vqgan) -> None:
 
 
 def generate(config: GenerationConfig, clip, vqgan, *, on_step: Optional[Callable[[StepInfo], None]] = None,
-             scorer=None) -> GenerationResult:
+             scorer=None, trace: Optional[Callable[[dict], None]] = None) -> GenerationResult:
     """Run one generation (see the module docstring). Bad input raises ValueError before any model work.
 
     `scorer`: the game's engine.scorer.Scorer for the same CLIP, if the caller has one;
     the final self-score then comes from it. Without it the score comes from the
     reference methods the Scorer reproduces (equal within 1e-5).
+    `trace`: for checks (bench/generate.py --check-notebook), called after every step with
+    detached tensors {iteration, boxes, cutouts, losses, z}; it keeps them alive and so costs memory.
     """
     _check_models(config, clip, vqgan)
     if scorer is not None and scorer.model_id != clip.model_id:
@@ -381,7 +433,7 @@ def generate(config: GenerationConfig, clip, vqgan, *, on_step: Optional[Callabl
     prompt_pils = [open_user_image(p.text, "image prompt") for p in config.parsed_image_prompts()]
     failure = None
     try:
-        return _generate(_Run(config, clip, vqgan, on_step, init_pil, prompt_pils), scorer)
+        return _generate(_Run(config, clip, vqgan, on_step, init_pil, prompt_pils), scorer, trace)
     except torch.OutOfMemoryError as exc:
         failure = str(exc).splitlines()[0][:200]
     except RuntimeError as exc:  # the CPU allocator reports OOM as a plain RuntimeError
@@ -396,11 +448,17 @@ def generate(config: GenerationConfig, clip, vqgan, *, on_step: Optional[Callabl
         f"try a smaller size, fewer cutouts (cutn), fewer seeds, or checkpointing=True ({failure})")
 
 
-def _generate(run: _Run, scorer=None) -> GenerationResult:
+def _augment_seed(seed: int) -> int:
+    """Seed of a candidate's augmentation stream: not `seed` itself, whose CPU stream the cutouts use."""
+    return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64
+
+
+def _generate(run: _Run, scorer=None, trace=None) -> GenerationResult:
     c, device = run.c, run.device
     t0 = time.perf_counter()
     seeds = [c.seed + i for i in range(c.seeds)]
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    aug_generators = [torch.Generator().manual_seed(_augment_seed(s)) for s in seeds]
     stages = list(c.progressive) + [c.size]
     stage_starts = [round(k * c.iterations / len(stages)) for k in range(len(stages))]
     size = stages[0]
@@ -423,8 +481,10 @@ def _generate(run: _Run, scorer=None) -> GenerationResult:
             up = lambda t: F.interpolate(t, size=(tokens, tokens), mode="nearest")
             z = up(z.detach()).requires_grad_(True)
             opt = _rebuild_optimizer(c, z, opt, up)
-            if z_orig is not None:
+            if run.init_pil is not None:
                 z_orig = run.init_latents(size, generators[:1])[1]
+            else:
+                z_orig = up(z_orig)
             image_targets = run.image_targets(size, prompt_gen)
         if i == checkpoint_at and len(alive) > c.keep:  # best-of-N: score, prune to the best `keep`
             with torch.no_grad(), torch.autocast(**run.autocast):
@@ -440,15 +500,21 @@ def _generate(run: _Run, scorer=None) -> GenerationResult:
             opt = _rebuild_optimizer(c, z, opt, pick)
             alive = [alive[k] for k in order]
             generators = [generators[k] for k in order]
+            aug_generators = [aug_generators[k] for k in order]
+            if z_orig.shape[0] > 1:
+                z_orig = pick(z_orig)
 
-        thetas = cut.random_thetas(size, size, c.cutn, run.cut_size, c.cut_pow, generators, device, flip=c.flip)
+        boxes = cut.random_boxes(size, size, c.cutn, run.cut_size, c.cut_pow, generators, device, flip=c.flip)
         opt.zero_grad(set_to_none=True)
-        image, emb = run.forward(z, thetas, run._noise(generators))
+        image, cuts, emb = run.forward(z, boxes, run._noise(generators), aug_generators)
         losses = run._losses(emb, z, segment_at(run.segments, i), image_targets, z_orig)
         losses.sum().backward()
         opt.step()
         with torch.no_grad():
             z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
+        if trace is not None:
+            trace({"iteration": i, "boxes": boxes, "cutouts": cuts.detach(), "losses": losses.detach(),
+                   "z": z.detach().clone()})
 
         if c.score_every and i % c.score_every == 0 and not (history and history[-1][0] == i):
             history.append((i, max(run.scores(image))))

@@ -149,14 +149,36 @@ def _read_init_image(path: str) -> bytes:
         raise AdminError(f"init image {path}: cannot read it ({exc.strerror or exc})") from exc
 
 
+# The worker's progress cadence: the engine syncs the device (and calls on_step) every REPORT_EVERY
+# steps, not every step. bench/generate.py times the engine through this same config and callback.
+REPORT_EVERY = 5
+
+
+def progress_callback(touch: Callable[[Any], None], every_s: float,
+                      check: Optional[Callable[[Any], None]] = None) -> Callable[[Any], None]:
+    """The worker's on_step: `check(info)` on every report (stop requests), `touch(info)` at most every `every_s`."""
+    last = [float("-inf")]
+
+    def on_step(info) -> None:
+        if check is not None:
+            check(info)
+        now = time.monotonic()
+        if now - last[0] < every_s:
+            return
+        last[0] = now
+        touch(info)
+
+    return on_step
+
+
 def generation_config(payload: dict, defaults: dict):
-    """The engine's GenerationConfig for a job payload."""
+    """The engine's GenerationConfig for a job payload (with the worker's REPORT_EVERY cadence)."""
     from engine.generate import GenerationConfig
     fields = {f.name for f in dataclasses.fields(GenerationConfig)}
     wanted = {"prompts": payload["prompt"], "size": payload["size"], "iterations": payload["iterations"],
               "seed": payload.get("seed"), "seeds": payload["seeds"], "keep": payload.get("keep", 1),
               "init_image": base64.b64decode(payload["init_png"]) if payload.get("init_png") else None,
-              "cutn": payload.get("cutn") or defaults.get("GEN_CUTN")}
+              "cutn": payload.get("cutn") or defaults.get("GEN_CUTN"), "report_every": REPORT_EVERY}
     kwargs = {k: v for k, v in wanted.items() if k in fields and v is not None}
     # A checkpoint step past the end would mean best-of-N never prunes: stop halfway in short runs.
     if "checkpoint_step" in fields and payload["seeds"] > 1:

@@ -42,7 +42,8 @@ from game.errors import AdminError
 from game.generation import heartbeats
 from game.generation.jobs import JobQueue, default_consumer_name
 from game.generation.service import (TINY, ModelChoice, find_job_target, generate_target, job_payload, load_models,
-                                     model_choice, pool_shortfall, step_fields, validate_prompt)
+                                     model_choice, pool_shortfall, progress_callback, step_fields,
+                                     validate_prompt)
 
 log = logging.getLogger("captionary.worker")
 
@@ -190,15 +191,11 @@ class Worker:
             self.queue.commit(job, lambda: existing, lambda: existing)
             log.info("job %s: already committed as target %s by an earlier attempt", job.id, existing)
             return
-        last = {"t": 0.0}
-
-        def on_step(info) -> None:
+        def check(info) -> None:
             if self.stop.is_set():
                 raise Stopping(f"worker {self.name} is stopping")
-            now = time.monotonic()
-            if now - last["t"] < TOUCH_EVERY_S:
-                return
-            last["t"] = now
+
+        def touch(info) -> None:
             fields = step_fields(info)
             progress = f"{fields['iteration']}/{fields['total'] or payload.get('iterations')}"
             if not self.queue.touch(job, self.name):
@@ -206,6 +203,7 @@ class Worker:
             self.r.hset(f"captionary:jobs:job:{job.id}", "progress", progress)
             self.heartbeat("working", job, progress)
 
+        on_step = progress_callback(touch, TOUCH_EVERY_S, check)
         try:
             choice = self._choice_for(payload)
             clip, vqgan = load_models(choice, self.models, judge_clip=getattr(self.scorer, "clip", None))
