@@ -45,8 +45,9 @@ def _reply(message: dict):
     return resp
 
 
-def _action(kind: str) -> dict:
-    """Parse the JSON body as a `kind` message (same validation as a websocket frame)."""
+def json_body() -> dict:
+    """The request's JSON object, checked as a websocket frame is: same origin, size limit and
+    error codes (every JSON POST of the game reads its body through this)."""
     if not origin_allowed(request):  # the websocket's check too (game/web/security.py): one rule
         raise ProtocolError("bad_origin", "requests from other sites are refused")
     if not request.is_json:
@@ -61,6 +62,12 @@ def _action(kind: str) -> dict:
         raise ProtocolError("bad_json", "that body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ProtocolError("bad_message", "the body must be a JSON object")
+    return body
+
+
+def _action(kind: str) -> dict:
+    """Parse the JSON body as a `kind` message (same validation as a websocket frame)."""
+    body = json_body()
     body["type"] = kind
     if kind == "draft":
         body.setdefault("seq", 0)

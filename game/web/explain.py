@@ -13,14 +13,11 @@ reveal page has no socket.
 """
 from __future__ import annotations
 
-import json
-
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
 from game.service import ProtocolError
-from game.web.api import STATUS_FOR
+from game.web.api import STATUS_FOR, json_body
 from game.web.pages import current_player
-from game.web.security import origin_allowed
 
 bp = Blueprint("explain", __name__, url_prefix="/api/explain")
 
@@ -37,20 +34,7 @@ def _reply(message: dict):
 
 
 def _body() -> dict:
-    if not origin_allowed(request):
-        raise ProtocolError("bad_origin", "requests from other sites are refused")
-    if not request.is_json:
-        raise ProtocolError("bad_json", "send a JSON body with Content-Type: application/json")
-    raw = request.get_data(cache=False)
-    limit = current_app.config["MAX_FRAME_BYTES"] + 64
-    if len(raw) > limit:
-        raise ProtocolError("too_big", f"message of {len(raw)} bytes is over the {limit}-byte limit")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ProtocolError("bad_json", "that body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ProtocolError("bad_message", "the body must be a JSON object")
+    body = json_body()
     if ("puzzle" in body) == ("target" in body):
         raise ProtocolError("missing_field", "send exactly one of \"puzzle\" or \"target\", and a \"caption\"")
     if "caption" not in body:
