@@ -1,7 +1,7 @@
 """Explanations for players: which words helped a caption, and where CLIP looked (engine/explain.py).
 
 `Explainer.words(player, msg)` and `Explainer.heatmap(player, msg)` take a message
-`{puzzle | target, caption}` and return a reply dict, or raise the protocol's
+`{puzzle | target, caption}` (with `target`, optionally `room`) and return a reply dict, or raise the protocol's
 ProtocolError (same codes as the game: empty_caption, caption_too_long,
 bad_caption, unknown_puzzle, slow_down, busy; plus those below). No Flask here.
 
@@ -11,7 +11,12 @@ Who may see what (a running ranked day is a puzzle, not a lesson):
     could draft each variant anyway; this only batches what they already saw);
   * heatmaps: only for pictures of past days. A puzzle of the running day is
     refused ("running_day"), and so is a target players have not been shown
-    ("pool_target": the ready pool's pictures are tomorrow's puzzles).
+    ("pool_target": the ready pool's pictures are tomorrow's puzzles);
+  * rooms: `{target, room, caption}` explains a picture of a room's finished round
+    (the reveal carries its target id) for the room's members only, and only once that
+    round is revealed (game/rooms.py Rooms.finished_picture: not_in_room, round_running).
+    A room picture is a revealed past puzzle or a starter photo that any room shows,
+    so it is not refused as a pool target; a running day's picture still is.
 Both are rate-limited like submissions (the store's Redis token bucket, own key).
 
 Where they run, and why here: in the web process, which already holds the
@@ -153,14 +158,14 @@ def lane_for(live_scorer) -> ExplainLane:
 class Explainer:
     """Word contributions and heatmaps for the game's puzzles, cached, rate-limited, priority-aware."""
 
-    def __init__(self, game, *, rate=(2.0, 10), lane: Optional[ExplainLane] = None):
-        self.game, self.store = game, game.store
+    def __init__(self, game, *, rate=(2.0, 10), lane: Optional[ExplainLane] = None, rooms=None):
+        self.game, self.store, self.rooms = game, game.store, rooms
         self.rate = rate
         self.lane = lane or lane_for(game.scorer)
 
     # -- actions ---------------------------------------------------------------------------------
     def words(self, player_id: str, msg: dict) -> dict:
-        where, target_id, ranked, running = self._where(msg)
+        where, target_id, ranked, running = self._where(player_id, msg)
         if running and not ranked:
             raise ProtocolError("running_day", "that picture is a puzzle of the running day again; explain "
                                                "your captions on today's puzzle instead")
@@ -182,7 +187,7 @@ class Explainer:
         return {"type": "words", **where, **cached}
 
     def heatmap(self, player_id: str, msg: dict) -> dict:
-        where, target_id, ranked, running = self._where(msg)
+        where, target_id, ranked, running = self._where(player_id, msg)
         if ranked or running:
             raise ProtocolError("running_day", "where CLIP looked is shown once the day is over; on a running "
                                                "day it would turn the puzzle into a search")
@@ -197,7 +202,7 @@ class Explainer:
         return {"type": "heatmap", **where, "caption": caption, **cached}
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _where(self, msg: dict) -> tuple[dict, str, bool, bool]:
+    def _where(self, player_id: str, msg: dict) -> tuple[dict, str, bool, bool]:
         """({puzzle: id} | {target: id}, target id, ranked puzzle?, picture on the running day?)."""
         if "puzzle" in msg:
             puzzle, ranked = self.game.puzzle(msg["puzzle"])
@@ -206,10 +211,14 @@ class Explainer:
         target_id = msg["target"]
         if not _TARGET_ID.match(target_id) or self.store.get_target(target_id) is None:
             raise ProtocolError("not_found", f"no target {target_id[:64]!r}")
+        if "room" in msg:
+            if self.rooms is None:
+                raise ProtocolError("unknown_room", "rooms are not served here")
+            self.rooms.finished_picture(player_id, msg["room"], target_id)
         if self._running(target_id):
             raise ProtocolError("running_day", "that picture is a puzzle of the running day; explanations "
                                                "of it wait until the day is over")
-        if not self.game.image_is_public(target_id):
+        if "room" not in msg and not self.game.image_is_public(target_id):
             raise ProtocolError("pool_target", "that picture has not been a puzzle yet, so it cannot be explained")
         return {"target": target_id}, target_id, False, False
 

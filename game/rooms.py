@@ -366,6 +366,22 @@ class Rooms:
         if state is not None:
             self.store.r.publish(RoomStore.channel(code), json.dumps(state, separators=(",", ":")))
 
+    def finished_picture(self, pid: str, code, target_id: str) -> None:
+        """Refuse (ProtocolError) unless `pid` sits in room `code` and `target_id` is the picture of a round
+        of its current game that is over (revealed). game/explain.py asks this before explaining a room's
+        picture: a room member has seen it revealed, whether or not it was ever a daily puzzle."""
+        code = self._code({"room": code})
+        key = self.rooms.key(code)
+        phase, number, pictures = self.store.r.hmget(key, "phase", "round", "pictures")
+        if phase is None:
+            raise ProtocolError("unknown_room", f"there is no room {code} (it may have expired)")
+        if not self.store.r.hexists(self.rooms.key(code, "members"), pid):
+            raise ProtocolError("not_in_room", "explanations of a room's rounds are for the room's players")
+        done = int(number or 0) - (0 if phase in (b"reveal", b"over") else 1)
+        if target_id not in json.loads(pictures or "[]")[:max(done, 0)]:
+            raise ProtocolError("round_running", "that picture is not a finished round of this room: "
+                                                 "explanations come with the round's reveal")
+
     def round_picture(self, code: str, game: int, round_no: int) -> Optional[str]:
         """The target id of a round that has begun in this game (None otherwise: no peeking ahead)."""
         try:

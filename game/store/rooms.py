@@ -330,7 +330,9 @@ class RoomStore:
                             "score": round(score, 6), "rank": rank, "points": points,
                             "locked": bool(entry.get("locked"))})
         pictures = json.loads(room.meta["pictures"])
-        result = {"round": n, "skipped": skipped, "entries": entries}
+        # The round's target id goes out only now, with its reveal (the picture was served by round URL
+        # until then): players may ask /api/explain about the finished round (game/explain.py).
+        result = {"round": n, "skipped": skipped, "target": pictures[n - 1], "entries": entries}
         if target_info is not None:
             result.update(target_info(pictures[n - 1]))
         room.new_results.append(result)

@@ -106,6 +106,55 @@ def test_pool_and_unknown_targets_are_refused(app, client, archive):
     assert ok.status_code == 200, ok.get_json()
 
 
+def test_a_rooms_finished_round_is_explained_to_its_members(app, client, archive):
+    """A room's picture (here one no day has shown, like a starter photo in a "photos" room) is
+    explained with the target id its reveal carries, to the room's members, once the round is over;
+    during the round, to outsiders and without the room it is refused; a running day's picture
+    stays refused even in a room."""
+    from game.service import public_id
+    store, scorer, rooms = app.extensions["store"], app.extensions["scorer"], app.extensions["rooms"]
+    data = png_bytes((220, 200, 30), size=(40, 40))
+    emb = scorer.embed_image(Image.open(io.BytesIO(data)))
+    tid = store.add_target("photo", data, emb, title="a starter photo")
+    today = store.puzzles_for(store.today())[0].target_id
+    client.get("/")
+    with client.session_transaction() as session:
+        pid = session["player"]
+
+    def play(pictures):
+        code = rooms.rooms.create(pid, rounds=len(pictures), seconds=60, source="photos", pictures=pictures)
+        rooms.rooms.join(code, pid, public_id(pid), "Ann")
+        rooms.rooms.transact(code, lambda room: rooms.rooms.start_round(room, pictures))
+        return code
+
+    code = play([tid])
+    body = {"target": tid, "room": code, "caption": "a yellow square"}
+    for kind in ("words", "heatmap"):  # the round is running: no explanation yet
+        err(post(client, kind, body), 409, "round_running")
+    rooms.lock(pid, {"room": code, "round": 1, "caption": "a yellow square"})  # everyone locked in: revealed
+    assert rooms.state(code)["result"]["target"] == tid
+    words = post(client, "words", body)
+    assert words.status_code == 200, words.get_json()
+    words = words.get_json()
+    assert words["target"] == tid and [w["word"] for w in words["words"]] == ["a", "yellow", "square"]
+    assert abs(words["score"] - scorer.score("a yellow square", emb)) <= TOL
+    heat = post(client, "heatmap", body)
+    assert heat.status_code == 200, heat.get_json()
+    assert np.array(heat.get_json()["grid"]).shape == (4, 4)
+
+    err(post(client, "heatmap", {"target": tid, "caption": "a yellow square"}), 403, "pool_target")  # no room
+    other = app.test_client()
+    other.get("/")
+    err(post(other, "words", body), 403, "not_in_room")
+    err(post(client, "words", {**body, "room": "ZZZZZ" if code != "ZZZZZ" else "YYYYY"}), 404, "unknown_room")
+    err(post(client, "words", {**body, "target": archive[0].target_id}), 409, "round_running")  # not its picture
+    err(post(client, "words", {"room": code, "caption": "x"}), 400, "missing_field")
+
+    running = play([today])
+    rooms.lock(pid, {"room": running, "round": 1, "caption": "a green field"})
+    err(post(client, "heatmap", {"target": today, "room": running, "caption": "x"}), 409, "running_day")
+
+
 @pytest.mark.parametrize("body,status,code", [
     ({"caption": "x"}, 400, "missing_field"),
     ({"puzzle": "P", "target": "t", "caption": "x"}, 400, "missing_field"),

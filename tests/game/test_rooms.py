@@ -19,6 +19,12 @@ class Player(WSClient):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.backlog: list[dict] = []
+        self.seen: list[dict] = []  # every message this socket received, in order
+
+    def recv(self, *args, **kwargs) -> dict:
+        msg = super().recv(*args, **kwargs)
+        self.seen.append(msg)
+        return msg
 
     def recv_until(self, kind: str, limit: int = 200) -> dict:
         for _ in range(limit):
@@ -139,6 +145,40 @@ def test_gan_reveal_shows_the_machines_prompt_and_score(app, archive, ws_connect
     assert over["result"]["kind"] == "gan"
     assert over["result"]["prompt"] == "a raccoon driving a tractor"
     assert isinstance(over["result"]["machine_score"], float)
+
+
+def test_a_rounds_target_id_goes_out_with_its_reveal_and_never_before(app, archive, ws_connect, live_server):
+    """The reveal carries the round's target id (for /api/explain), and no earlier message, reply,
+    state poll or page does: the picture is served by round URL until then."""
+    import requests
+    host, host_cookie = ws_connect()
+    code = host.ask({"type": "room_create", "nickname": "Hosty", "rounds": 2, "seconds": 60})["room"]
+    join(host, code, "Hosty")
+    ann, _ = ws_connect()
+    join(ann, code, "Ann")
+    host.ask({"type": "room_start", "room": code}, "room_done")
+    wait_state(ann, lambda s: s["phase"] == "round")
+    first, second = json.loads(app.extensions["store"].r.hget(f"cap:room:{code}", "pictures"))
+
+    def leaked(target):
+        polled = requests.get(f"{live_server.url}/rooms/{code}/state", headers={"Cookie": host_cookie}).text
+        page = requests.get(f"{live_server.url}/rooms/{code}", headers={"Cookie": host_cookie}).text
+        return [m for m in host.seen + ann.seen if target in json.dumps(m)] + \
+            [where for where, text in (("state", polled), ("page", page)) if target in text]
+
+    ann.ask({"type": "room_draft", "seq": 1, "room": code, "round": 1, "caption": "a red square"}, "room_score")
+    host.ask({"type": "room_lock", "room": code, "round": 1, "caption": "a green field"}, "room_locked")
+    assert leaked(first) == [] and leaked(second) == []
+    ann.ask({"type": "room_lock", "room": code, "round": 1, "caption": "a red square"}, "room_locked")
+    reveal = wait_state(host, lambda s: s["phase"] == "reveal")
+    assert reveal["result"]["target"] == first
+    assert leaked(second) == []  # the next round's picture stays hidden through this reveal
+    host.ask({"type": "room_next", "room": code}, "room_done")
+    wait_state(ann, lambda s: s["phase"] == "round" and s["round"] == 2)
+    assert leaked(second) == []
+    host.ask({"type": "room_skip", "room": code, "round": 2}, "room_done")
+    over = wait_state(ann, lambda s: s["phase"] == "over")
+    assert over["result"]["target"] == second and over["result"]["skipped"] is True
 
 
 def test_sources_never_offer_a_running_day_or_an_unseen_target(app, seeded, ws_connect):
