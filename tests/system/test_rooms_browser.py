@@ -164,3 +164,80 @@ def test_a_page_without_websockets_follows_the_room_over_http(live_server, archi
                               timeout=20_000)
     assert offline.locator("#caption").is_disabled()  # typing needs the live connection
     assert offline.evaluate("document.getElementById('picture').getAttribute('src')").endswith("-1.png")
+
+
+def test_why_and_where_clip_looked_on_a_rooms_reveal(app, live_server, archive, context_factory):  # noqa: F811
+    """After a round, every caption on the reveal has its "Why?" (word contributions, by keyboard, the
+    numbers the server computes for the round's picture) and the picture its "Where CLIP looked" overlay;
+    a snapshot that changes nothing closes nothing, the next round's picture drops the overlay, and the
+    podium's last round has the same controls."""
+    host = context_factory()
+    host.goto(live_server.url + "/rooms/")
+    host.locator("#nickname").fill("Hosty")
+    host.locator("#rounds").fill("2")
+    host.locator("#create-btn").click()
+    host.wait_for_url(re.compile(r"/rooms/[A-Z0-9]{5}$"))
+    host.wait_for_selector("#conn[data-state=live]")
+    ann = context_factory()
+    ann.goto(host.locator("#room-link").inner_text())
+    ann.wait_for_selector("#conn[data-state=live]")
+    ann.locator("#join-nickname").fill("Ann")
+    ann.locator("#join-nickname").press("Enter")
+    host.wait_for_function("document.querySelectorAll('#seats li').length === 2")
+    host.locator("#start-btn").click()
+    caption = "a red barn under a yellow sun"
+    for page, text in ((host, "a green field"), (ann, caption)):
+        page.wait_for_function("!document.getElementById('caption').disabled")
+        page.locator("#caption").fill(text)
+        page.locator("#caption").press("Enter")
+    ann.wait_for_function("!document.getElementById('reveal').hidden && "
+                          "document.querySelectorAll('#reveal-list li').length === 2")
+    assert ann.locator("#reveal").get_attribute("data-explain-target")  # it came with the reveal
+
+    reveal = ann.locator("#reveal")
+    why = reveal.get_by_role("button", name=re.compile(r"Why did .a red barn under"))
+    why.focus()
+    ann.keyboard.press("Enter")
+    words = reveal.locator("ul.words li.word")
+    words.first.wait_for()
+    assert why.get_attribute("aria-expanded") == "true"
+    assert [w.locator(".w").inner_text() for w in words.all()] == caption.split()
+    barn = words.nth(2)
+    spoken = barn.locator(".sr-only").text_content().strip()
+    assert re.fullmatch(r"[+−]\d\.\d{4}", spoken), spoken
+    store, scorer, rooms = app.extensions["store"], app.extensions["scorer"], app.extensions["rooms"]
+    code = ann.evaluate("document.getElementById('room').dataset.room")
+    target = rooms.round_picture(code, 1, 1)
+    image = store.target_embedding(target)
+    expected = scorer.score(caption, image) - scorer.score("a red under a yellow sun", image)
+    assert abs(float(spoken.replace("−", "-")) - expected) <= 5e-5
+    barn.focus()
+    assert barn.locator(".num").is_visible() and barn.locator(".num").inner_text() == spoken
+
+    toggle = reveal.get_by_role("button", name="Where CLIP looked")
+    toggle.focus()
+    ann.keyboard.press("Enter")
+    ann.wait_for_selector("#stage canvas.heat:not([hidden])")
+    assert toggle.get_attribute("aria-pressed") == "true"
+    assert "Bright parts" in reveal.locator(".heat-note").inner_text()
+    box, img = ann.locator("canvas.heat").bounding_box(), ann.locator("#picture").bounding_box()
+    assert abs(box["width"] - img["width"]) < 2 and abs(box["height"] - img["height"]) < 2
+    shot(ann, "room-reveal-explained")
+    # A snapshot that changes nothing on the reveal (the host's seat goes offline and back) keeps it open.
+    host.reload()
+    host.wait_for_selector("#conn[data-state=live]")
+    ann.wait_for_timeout(500)
+    assert why.get_attribute("aria-expanded") == "true" and toggle.get_attribute("aria-pressed") == "true"
+
+    host.locator("#next-btn").click()
+    ann.wait_for_function("document.getElementById('phase').textContent.startsWith('Round 2 of')")
+    assert ann.locator("canvas.heat").is_hidden()  # the overlay was the last picture's
+    for page, text in ((host, "a tractor"), (ann, "a raccoon")):
+        page.wait_for_function("!document.getElementById('caption').disabled")
+        page.locator("#caption").fill(text)
+        page.locator("#caption").press("Enter")
+    ann.wait_for_function("!document.getElementById('podium').hidden")
+    ann.locator("#reveal").get_by_role("button", name=re.compile(r"Why did .a raccoon")).click()
+    ann.locator("#reveal ul.words li.word").first.wait_for()
+    assert ann.locator("#reveal").get_attribute("data-explain-target") == rooms.round_picture(code, 1, 2)
+    assert not ann.console_errors and not host.console_errors

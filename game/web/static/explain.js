@@ -6,7 +6,12 @@
    each focusable, with its number on hover/focus and in the text for screen readers
    ("raccoon +0.0310"). Where data-heatmap is set (past days only; the server refuses
    running days anyway), a toggle draws the relevance map over the image whose id is in
-   data-explain-img: the parts CLIP looked at stay bright, the rest is dimmed. */
+   data-explain-img: the parts CLIP looked at stay bright, the rest is dimmed.
+
+   A root with data-explain-target (and data-explain-room) asks about that picture instead of
+   a puzzle: a room's reveal (room.js sets the finished round's target id on it; the server
+   checks the room). Pages that build captions themselves may call
+   CaptionaryExplain.decorate(root) and CaptionaryExplain.resetHeat(img) (a new picture). */
 "use strict";
 (function () {
   const API = "/api/explain/";
@@ -18,6 +23,18 @@
     }).then(function (resp) {
       return resp.json().catch(function () { return { type: "error", message: "the server answered " + resp.status }; });
     }, function () { return { type: "error", message: "no connection; try again" }; });
+  }
+
+  // What a root's captions are about: its puzzle, or a picture (with the room that showed it).
+  function about(root, caption) {
+    const body = { caption: caption };
+    if (root.dataset.explainTarget) {
+      body.target = root.dataset.explainTarget;
+      if (root.dataset.explainRoom) body.room = root.dataset.explainRoom;
+    } else {
+      body.puzzle = root.dataset.explain;
+    }
+    return body;
   }
 
   function fmt(effect) {
@@ -116,6 +133,16 @@
     canvas.hidden = true;
   }
 
+  // A page whose picture changes under its captions (a room's next round): overlay off, toggles up.
+  function resetHeat(img) {
+    if (img) hideHeat(img);
+    document.querySelectorAll(".heat-toggle[aria-pressed=true]").forEach(function (button) {
+      button.setAttribute("aria-pressed", "false");
+      const note = button.parentElement.querySelector(".heat-note");
+      if (note) note.textContent = "";
+    });
+  }
+
   function explain(root, button, caption) {
     const open = button.getAttribute("aria-expanded") === "true";
     const box = document.getElementById(button.getAttribute("aria-controls"));
@@ -130,7 +157,7 @@
     const status = el("p", "explain-status", "Asking the judge…");
     status.setAttribute("role", "status");
     box.replaceChildren(status);
-    post("words", { puzzle: root.dataset.explain, caption: caption }).then(function (reply) {
+    post("words", about(root, caption)).then(function (reply) {
       if (reply.type !== "words") {
         status.textContent = reply.message || "That did not work; try again.";
         status.classList.add("error");
@@ -172,7 +199,7 @@
       };
       if (reply) { show(); return; }
       note.textContent = "Working it out…";
-      post("heatmap", { puzzle: root.dataset.explain, caption: caption }).then(function (r) {
+      post("heatmap", about(root, caption)).then(function (r) {
         if (r.type !== "heatmap") { note.textContent = r.message || "That did not work; try again."; return; }
         reply = r;
         show();
@@ -203,8 +230,13 @@
     });
   }
 
-  document.querySelectorAll("[data-explain]").forEach(function (root) {
+  function watch(root) {
+    if (root.dataset.explainWatched) return;
+    root.dataset.explainWatched = "1";
     decorate(root);
     new MutationObserver(function () { decorate(root); }).observe(root, { childList: true, subtree: true });
-  });
+  }
+
+  window.CaptionaryExplain = { decorate: watch, resetHeat: resetHeat };
+  document.querySelectorAll("[data-explain]").forEach(watch);
 })();

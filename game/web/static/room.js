@@ -81,10 +81,20 @@
     });
   }
 
+  // The reveal is rebuilt only when it changes (a snapshot also comes for every seat going on- or
+  // offline), so an open "Why?" (explain.js) stays open while the room lives on.
+  let shownResult = null;
   function renderResult(result) {
     const box = $("reveal");
     box.hidden = !result;
-    if (!result) return;
+    const key = result ? JSON.stringify([state.game, result]) : null;
+    if (key === shownResult) return;
+    shownResult = key;
+    if (window.CaptionaryExplain) CaptionaryExplain.resetHeat($("picture"));
+    if (!result) { delete box.dataset.explainTarget; return; }
+    // The target id arrives with the reveal only: the captions' "Why?" asks the server about it.
+    if (result.target) box.dataset.explainTarget = result.target;
+    else delete box.dataset.explainTarget;
     $("reveal-round").textContent = result.round + (result.skipped ? " (skipped by the host: no points)" : "");
     const list = $("reveal-list");
     while (list.firstChild) list.removeChild(list.firstChild);
