@@ -16,6 +16,10 @@ sockets in a room see the same thing. Nothing here keeps a room in memory.
   room_kick | room_host {room, player (public id)}           room_done
   pushed to everyone in the room                  room {state snapshot}, room_bars {round, bars}
 
+A round's picture is served by round URL (picture_url) while it runs; its target id first goes
+out in that round's reveal (`result.target` in the reveal and podium snapshots), so players can
+ask /api/explain about it with {target, room} (game/explain.py, checked by finished_picture).
+
 Mistakes answer `error {code, message}` like the rest of the protocol: unknown_room,
 room_full, not_host, already_joined, stale_round, round_over, no_round, not_playing,
 locked_in, removed, bad_phase, nickname_needed, bad_nickname, nickname_taken, slow_down.

@@ -1,8 +1,8 @@
 """Play with friends in real headless Chromium: a host and two friends (one on a phone-sized screen)
 play two rounds to the podium using the keyboard only; on a fresh instance (starter photos only) the
-create form's defaults start a game. Screenshots land in test-artifacts/; with
-CAPTIONARY_UPDATE_SCREENSHOTS=1 the README's docs/screenshots/room.png is retaken too (off by
-default, so a test run never changes tracked files).
+create form's defaults start a game; a reveal's Why? and Where CLIP looked work in a room.
+Screenshots land in test-artifacts/; with CAPTIONARY_UPDATE_SCREENSHOTS=1 the README's
+docs/screenshots/room.png is retaken too (off by default, so a test run never changes tracked files).
 
 The app runs for real on 127.0.0.1 (werkzeug threads, real Redis, tiny CLIP); the pages' own
 JavaScript joins the room over /ws. The test clock stands still, so rounds end by everyone locking in.
