@@ -143,8 +143,9 @@ class ThreadTuner:
     counting a call's fixed cost as OVERHEAD_ROWS rows: the pass over the
     weights), stays on the cheaper one, and every `explore_every` batches tries
     another for up to TRIAL batches (the first of a trial, which pays for waking
-    the thread pool, is not counted). A trial batch costing more than twice the
-    current choice ends the trial at once, and each lost trial doubles the gap
+    the thread pool, is not counted unless it costs over WARM_UP_LIMIT times the
+    current choice: a collapse, not a wake-up). A trial batch costing more than
+    twice the current choice ends the trial at once, and each lost trial doubles the gap
     to the next (up to MAX_EXPLORE_EVERY), so a collapse costs a batch or two
     now and then, not a run of slow batches; and when the current choice's cost
     grows past 1.5x another's last measure, that one is tried at once. Used
@@ -155,6 +156,9 @@ class ThreadTuner:
     EXPLORE_EVERY = 50
     MAX_EXPLORE_EVERY = 1600
     TRIAL = 8
+    # Waking the pool costs a few ms; a collapse (a core taken by another process) costs 4-20x
+    # a batch: on a busy box an unguarded warm-up batch was each trial's p99 outlier (~1 s).
+    WARM_UP_LIMIT = 4.0
 
     def __init__(self, choices: Sequence[int]):
         self.choices = tuple(dict.fromkeys(int(c) for c in choices))
@@ -173,9 +177,10 @@ class ThreadTuner:
         if self._trial_left:
             self._trial_left -= 1
             warm_up = self._trial_left == self.TRIAL - 1
-            if not warm_up:
-                self._trial.append(unit)
             home_cost = self.cost[self.home]
+            if not warm_up or (home_cost is not None and unit > self.WARM_UP_LIMIT * home_cost):
+                self._trial.append(unit)
+                warm_up = False
             if self._trial_left and (warm_up or home_cost is None or unit <= 2 * home_cost):
                 return self.current
             self._end_trial()
