@@ -10,11 +10,12 @@ is measured is the cost. A finished day of pictures is seeded first
 This process is the load generator: every player is a websocket client here (its page
 loaded over HTTP for the session cookie, the page's Origin), with a reader thread
 and a typing thread, like bench/ws_load.py's players (whose word list and pace this
-reuses: a key every 120-300 ms, a draft 150 ms after the last key or at once after a
-space). In each room the host creates it, the others join by its code; then, each
-round, everyone types one caption for `--type-seconds`, waits for the score of its
-last draft, pauses a second (reading the bars) and locks in; the round ends when all
-have locked in, and the host starts the next once everyone has seen the reveal.
+reuses: a key every 120-300 ms, a draft DEBOUNCE_MS after the last key, read from
+game/web/static/room.js as the page has it, or at once after a space). In each room
+the host creates it, the others join by its code; then, each round, everyone types
+one caption for `--type-seconds`, waits for the score of its last draft, pauses a
+second (reading the bars) and locks in; the round ends when all have locked in, and
+the host starts the next once everyone has seen the reveal.
 
 Latency p is from sending a draft to the first live-bar message (`room_bars`) at
 *another* player of the room that shows that draft's score or a later draft's of the
@@ -39,6 +40,7 @@ import bisect
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -51,7 +53,19 @@ from ws_load import WORDS, percentile  # bench/ is this script's folder: the sam
 ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = {"test-tiny": None, "ViT-B-32": 512}  # embed dims (test-tiny's is read from its shipped config)
+ROOM_JS = ROOT / "game" / "web" / "static" / "room.js"
 SETTLE_S = 1.0  # a player reads the bars this long after its last score before locking in
+
+
+def room_debounce_s() -> float:
+    """The room page's typing pause before it sends a draft (DEBOUNCE_MS in room.js)."""
+    match = re.search(r"\bDEBOUNCE_MS\s*=\s*(\d+)", ROOM_JS.read_text(encoding="utf-8"))
+    if match is None:
+        raise SystemExit(f"no DEBOUNCE_MS constant in {ROOM_JS}")
+    return int(match.group(1)) / 1000.0
+
+
+DEBOUNCE_S = room_debounce_s()
 SCORE_MATCH = 1e-5  # replies round scores to 6 decimals; bars carry them whole
 
 
@@ -176,10 +190,10 @@ class RoomPlayer:
                 gap = self.rng.uniform(0.12, 0.30)
                 if ch == " ":  # a word ended: the page sends at once
                     self.draft(round_no, text)
-                elif gap >= 0.15:  # the 150 ms debounce fires before the next key
-                    time.sleep(0.15)
+                elif gap >= DEBOUNCE_S:  # the page's debounce fires before the next key
+                    time.sleep(DEBOUNCE_S)
                     self.draft(round_no, text)
-                    gap -= 0.15
+                    gap -= DEBOUNCE_S
                 time.sleep(gap)
                 if time.perf_counter() >= stop_at:
                     break
