@@ -73,15 +73,11 @@ class WordContributions:
                           for w, e in zip(self.words, self.effects)]}
 
 
-def word_contributions(scorer, caption: str, image_embedding, *, chunk: int = 0,
-                       between: Optional[Callable[[], None]] = None) -> WordContributions:
+def word_contributions(scorer, caption: str, image_embedding) -> WordContributions:
     """Leave-one-word-out effects of a caption against an image embedding, all in one bulk batch.
 
     `scorer` is an engine.scorer.Scorer; only its public API is used. Raises the scorer's
-    CaptionError for a caption it refuses. With `chunk` > 0 the batch is embedded `chunk`
-    captions at a time and `between()` runs before each part: a server can let its live
-    drafts go first (each caption's embedding is the same whatever it is batched with, to
-    float rounding far below 1e-5).
+    CaptionError for a caption it refuses.
     """
     from engine.embeddings import as_unit_vector
     from engine.scorer import CaptionError
@@ -95,16 +91,7 @@ def word_contributions(scorer, caption: str, image_embedding, *, chunk: int = 0,
         except CaptionError:  # e.g. only a symbol the tokenizer drops is left
             pass
     image = as_unit_vector(image_embedding, scorer.embed_dim).astype(np.float64)
-    texts = [text] + [v for _, v in scorable]
-    if chunk > 0:
-        parts = []
-        for start in range(0, len(texts), chunk):
-            if between is not None:
-                between()
-            parts.append(scorer.embed_texts(texts[start:start + chunk]))
-        embs = np.concatenate(parts).astype(np.float64)
-    else:
-        embs = scorer.embed_texts(texts).astype(np.float64)
+    embs = scorer.embed_texts([text] + [v for _, v in scorable]).astype(np.float64)
     scores = embs @ image
     effects: list[Optional[float]] = [None] * len(words)
     for (i, _), s in zip(scorable, scores[1:]):

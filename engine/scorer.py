@@ -352,10 +352,6 @@ class Scorer:
         """Drop a stream's cached prefix (e.g. when a player's socket closes)."""
         self._streams.pop(stream)
 
-    def busy(self) -> bool:
-        """Whether drafts are queued or a batch is computing: lower-priority work should wait."""
-        return self._queue.qsize() > 0 or self._compute.locked()
-
     def stats(self) -> dict:
         """Counters for logs and metrics."""
         with self._stats_lock:

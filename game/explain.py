@@ -58,7 +58,6 @@ CACHE_TTL_S = 7 * 24 * 3600
 LANE_QUEUE = 4  # explanations waiting per process; more answer "busy"
 LANE_NICE = 10
 LANE_TIMEOUT_S = 30.0
-WORDS_CHUNK = 4  # captions per part of a words batch: ~50 ms of one core, then live drafts go first
 LIVE_YIELD_S = 0.5  # the most a heatmap waits for queued live drafts before each block
 # Python hands the GIL to a waiting thread after this long (default 5 ms). The lane's Python
 # between torch ops would otherwise hold up the live path's own op dispatch by up to 5 ms a
@@ -67,14 +66,9 @@ GIL_SWITCH_S = 0.001
 
 
 def yield_to_live(scorer, limit_s: float = LIVE_YIELD_S) -> None:
-    """Wait (at most `limit_s`) while the live scorer has drafts queued or is computing them.
-
-    Waiting only for an empty queue let the lane compute beside a live batch, and on 2 cores
-    that doubled the typing p99 (bench/explain.py: 56 -> 128 ms); live batches are short
-    (tens of ms), so the lane loses little by running in the gaps between them.
-    """
+    """Wait (at most `limit_s`) while the scorer has live drafts queued: they go first."""
     deadline = time.monotonic() + limit_s
-    while scorer.busy() and time.monotonic() < deadline:
+    while scorer.stats()["queue_depth"] and time.monotonic() < deadline:
         time.sleep(0.002)
 
 
@@ -105,10 +99,9 @@ class ExplainLane:
         self._thread.start()
 
     def words(self, caption: str, image_embedding):
-        """engine.explain.word_contributions on the lane, in parts that let live drafts go first."""
+        """engine.explain.word_contributions on the lane (one bulk batch of the lane's scorer)."""
         from engine.explain import word_contributions
-        return self.run(lambda: word_contributions(self.scorer, caption, image_embedding, chunk=WORDS_CHUNK,
-                                                   between=lambda: yield_to_live(self.live)))
+        return self.run(lambda: word_contributions(self.scorer, caption, image_embedding))
 
     def heatmap(self, caption: str, image):
         """engine.explain.relevance_map on the lane, yielding to live drafts between the tower's blocks."""

@@ -79,18 +79,6 @@ def test_effects_equal_scoring_each_variant_on_its_own(clip, scorer):
     assert payload["words"][1]["word"] == "small" and isinstance(payload["words"][1]["effect"], float)
 
 
-def test_words_in_parts_equal_one_batch_and_yield_between(clip, scorer):
-    """The server's chunked path (live drafts go first between parts) gives the one-batch numbers."""
-    image = unit(np.random.default_rng(2).normal(size=clip.embed_dim))
-    caption = "an old red barn under a grey winter sky with crows"
-    whole = word_contributions(scorer, caption, image)
-    yields = []
-    parts = word_contributions(scorer, caption, image, chunk=4, between=lambda: yields.append(1))
-    assert len(yields) == 3  # 10 captions (full + 9 variants) in parts of 4
-    assert abs(parts.score - whole.score) <= 1e-6
-    assert all(abs(a - b) <= 1e-6 for a, b in zip(parts.effects, whole.effects))
-
-
 def test_one_word_caption_has_no_variant(scorer, clip):
     got = word_contributions(scorer, "  raccoon ", unit(np.ones(clip.embed_dim)))
     assert got.caption == "raccoon" and got.words == ["raccoon"] and got.effects == [None]
@@ -196,4 +184,3 @@ def test_unsupported_towers_are_refused(clip):
         attn_pool = object()
     with pytest.raises(ExplainError):
         _ExplicitViT(NotAViT())
-
