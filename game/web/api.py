@@ -34,10 +34,12 @@ STATUS_FOR = {"unknown_puzzle": 404, "not_found": 404, "not_yet": 404, "over_cap
               "bad_origin": 403, "storage_full": 507, "too_many_new_players": 429, "too_many_connections": 429}
 
 
-def _reply(message: dict):
+def json_reply(message: dict, status_for: dict = STATUS_FOR):
+    """A protocol message as an HTTP response: errors get their status from `status_for` (400
+    by default), 429 a Retry-After."""
     status = 200
     if message.get("type") == "error":
-        status = STATUS_FOR.get(message["code"], 400)
+        status = status_for.get(message["code"], 400)
     resp = jsonify(message)
     resp.status_code = status
     if status == 429:
@@ -76,9 +78,9 @@ def _action(kind: str) -> dict:
 
 def _run(fn):
     try:
-        return _reply(fn())
+        return json_reply(fn())
     except ProtocolError as exc:
-        return _reply(exc.reply())
+        return json_reply(exc.reply())
 
 
 def _game():

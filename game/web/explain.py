@@ -15,25 +15,16 @@ reveal page has no socket.
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app
 
 from game.service import ProtocolError
-from game.web.api import STATUS_FOR, json_body
+from game.web.api import STATUS_FOR, json_body, json_reply
 from game.web.pages import current_player
 
 bp = Blueprint("explain", __name__, url_prefix="/api/explain")
 
 STATUS = dict(STATUS_FOR, not_submitted=403, running_day=409, pool_target=403, unknown_room=404,
               not_in_room=403, round_running=409)
-
-
-def _reply(message: dict):
-    status = STATUS.get(message["code"], 400) if message.get("type") == "error" else 200
-    resp = jsonify(message)
-    resp.status_code = status
-    if status == 429:
-        resp.headers["Retry-After"] = "1"
-    return resp
 
 
 def _body() -> dict:
@@ -52,9 +43,9 @@ def _body() -> dict:
 
 def _run(action):
     try:
-        return _reply(action(current_player(), _body()))
+        return json_reply(action(current_player(), _body()), STATUS)
     except ProtocolError as exc:
-        return _reply(exc.reply())
+        return json_reply(exc.reply(), STATUS)
 
 
 @bp.post("/words")
