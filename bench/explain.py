@@ -149,6 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: cores - 1)")
     parser.add_argument("--nice", type=int, default=None, help="the lane thread's nice (default game.explain.LANE_NICE)")
     parser.add_argument("--switch-ms", type=float, default=None, help="GIL switch interval for this run (default: the lane's 1 ms; Python's own is 5)")
+    parser.add_argument("--in-thread", action="store_true",
+                        help="explain on the lane thread in this process, as a GPU judge does (default on CPU: "
+                             "the niced child process, game/explain_process.py)")
     parser.add_argument("--only", choices=("words", "heatmap"), default=None,
                         help="explain with one kind only (to see which one costs the typists)")
     args = parser.parse_args(argv)
@@ -164,7 +167,8 @@ def main(argv=None) -> int:
     scorer = Scorer(clip)
     picture = scene(clip.image_size)
     image_emb = scorer.embed_image(picture)
-    lane = ExplainLane(scorer, max_queue=1, **({} if args.nice is None else {"nice": args.nice}))
+    lane = ExplainLane(scorer, max_queue=1, isolate=not args.in_thread,
+                       **({} if args.nice is None else {"nice": args.nice}))
     if args.switch_ms:  # after the lane, which sets the production value (game.explain.GIL_SWITCH_S)
         sys.setswitchinterval(args.switch_ms / 1000)
     rng = random.Random(args.seed)
@@ -225,7 +229,7 @@ def main(argv=None) -> int:
         ref = clip.encode_texts_reference([caption] + variants).numpy().astype(np.float64) @ image
         diffs += [abs(e - (ref[0] - ref[i + 1])) for i, e in enumerate(result.effects)]
     scorer.close()
-    lane.scorer.close()
+    lane.close()
     p99_alone, p99_loaded = np.percentile(alone, 99), np.percentile(loaded, 99)
     print(f"typing: {len(alone)} drafts alone p50 {np.percentile(alone, 50):.1f} ms p99 {p99_alone:.1f} ms; "
           f"{len(loaded)} drafts with explanations p50 {np.percentile(loaded, 50):.1f} ms p99 {p99_loaded:.1f} ms; "

@@ -76,6 +76,19 @@ class LoadedClip:
     def embed_dim(self) -> int:
         return int(self.model.text_projection.shape[1])
 
+    def __getstate__(self) -> dict:
+        # The tokenizer's BPE sits in an lru_cache (bound_tokenizer_cache), which does not pickle;
+        # a process that receives this model (game/explain_process.py) builds its own from the name.
+        state = dict(self.__dict__)
+        state.pop("tokenizer", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        import open_clip
+        _register_configs()
+        self.__dict__.update(state)
+        self.tokenizer = bound_tokenizer_cache(open_clip.get_tokenizer(self.name))
+
     def describe(self) -> str:
         kind = "pretrained" if self.is_pretrained else "RANDOM WEIGHTS - scores are not real"
         return f"CLIP {self.model_id} on {self.device} ({kind})"

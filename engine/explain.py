@@ -10,9 +10,11 @@ Two explanations, both exact computations on the judge's own model, no Flask:
   by single spaces (CLIP's tokenizer folds whitespace, so spacing never changes
   a score). Effect of word i = score(full caption) - score(caption without it):
   positive means the word helped. The full caption and every variant go through
-  the scorer's public bulk path (`Scorer.embed_texts`) in one call, so the
-  numbers are the judge's own and equal scoring each variant on its own within
-  float rounding (tests hold them to 1e-5). A one-word caption has no variant
+  the scorer's public bulk path (`Scorer.embed_family`: the full caption, then
+  every variant from the full caption's cached keys/values up to the removed
+  word, about half the rows of scoring each from scratch), so the numbers are
+  the judge's own and equal scoring each variant on its own within float
+  rounding (tests hold them to 1e-5). A one-word caption has no variant
   (removing its word leaves nothing to score): its effect is None, as is that of
   a word whose removal leaves a caption the scorer refuses.
 
@@ -91,7 +93,7 @@ def word_contributions(scorer, caption: str, image_embedding) -> WordContributio
         except CaptionError:  # e.g. only a symbol the tokenizer drops is left
             pass
     image = as_unit_vector(image_embedding, scorer.embed_dim).astype(np.float64)
-    embs = scorer.embed_texts([text] + [v for _, v in scorable]).astype(np.float64)
+    embs = scorer.embed_family(text, [v for _, v in scorable]).astype(np.float64)
     scores = embs @ image
     effects: list[Optional[float]] = [None] * len(words)
     for (i, _), s in zip(scorable, scores[1:]):

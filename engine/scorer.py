@@ -257,6 +257,7 @@ class Scorer:
                                                    size_of=lambda p: p.nbytes)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._compute = threading.Lock()  # one model computation at a time
+        self._background = None  # paused while live batches compute (pause_while_live)
         self._live_waiting = threading.Event()  # the batching thread wants the model (bulk work yields)
         self._submit_lock = threading.Lock()  # orders submissions against close()
         self._stats_lock = threading.Lock()
@@ -351,6 +352,45 @@ class Scorer:
     def forget_stream(self, stream: str) -> None:
         """Drop a stream's cached prefix (e.g. when a player's socket closes)."""
         self._streams.pop(stream)
+
+    def embed_family(self, base: str, variants: Sequence[str]) -> np.ndarray:
+        """(1 + len(variants), D) embeddings of `base` then each variant, exact, sharing prefixes.
+
+        For captions that are edits of one base (engine/explain.py's leave-one-word-out): the
+        base is encoded keeping its keys/values, then every variant starts from the tokens it
+        shares with the base. Exact like the typing path (a causal text tower's state at a
+        position depends only on the tokens before it), and about half the rows of encoding
+        each variant from scratch. Validation and errors as `embed_texts`.
+        """
+        captions = [base, *variants]
+        if not self.encoder.fast:
+            return self.embed_texts(captions)
+        keys = []
+        for i, caption in enumerate(captions):
+            try:
+                keys.append(self._key(validate_caption(caption, self.max_caption_chars)))
+            except CaptionError as exc:
+                raise CaptionError(f"Caption {i + 1}: {exc}") from None
+        if self._closed:
+            raise ScorerClosedError("the scorer is closed")
+        out = np.empty((len(keys), self.embed_dim), dtype=np.float32)
+        self._yield_to_live()
+        with self._compute:
+            first = self.encoder.encode([Job(keys[0], keep=True)])[0]
+            out[0] = self._remember(keys[0], first)
+            rest = self.encoder.encode([Job(key, prefix=first.prefix) for key in keys[1:]])
+        for i, (key, result) in enumerate(zip(keys[1:], rest), start=1):
+            out[i] = self._remember(key, result)
+        return out
+
+    def pause_while_live(self, background) -> None:
+        """Have `background.pause()` called before each live batch computes and `resume()` after.
+
+        For work that must never slow a live draft, even on another core (a 2-core box's
+        cores share memory bandwidth and cache): game/explain_process.py stops its
+        process for the length of each batch. None removes it.
+        """
+        self._background = background
 
     def stats(self) -> dict:
         """Counters for logs and metrics."""
@@ -523,6 +563,9 @@ class Scorer:
         self._live_waiting.set()
         with self._compute:
             self._live_waiting.clear()
+            background = self._background
+            if background is not None:
+                background.pause()
             started = time.perf_counter()
             try:
                 results = self.encoder.encode(jobs)
@@ -537,6 +580,8 @@ class Scorer:
                 log.exception("batch of %d captions failed; retrying one by one", len(jobs))
             finally:
                 self._count("compute_s", time.perf_counter() - started)
+                if background is not None:
+                    background.resume()
             results: list = []
             for job in jobs:
                 try:

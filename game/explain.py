@@ -73,38 +73,52 @@ def yield_to_live(scorer, limit_s: float = LIVE_YIELD_S) -> None:
 
 
 class ExplainLane:
-    """Explanations for one process, off the live path: one low-priority thread, its own scorer.
+    """Explanations for one process, off the live path, one at a time, with a small queue.
 
-    Every explanation (word contributions, heatmaps) runs on one thread at nice +LANE_NICE,
-    one at a time, and before each job waits (bounded) while the live scorer has drafts
-    queued. Its text embeddings come from a second `Scorer` over the same loaded model: the
-    same code and weights, so the same numbers (tests hold both to 1e-5 of open_clip), but
-    its own compute lock, so a 13-caption batch never makes a live draft wait for the live
-    scorer's lock (measured in bench/explain.py: sharing it tripled the typing p99), and its
-    bulk compute runs in the niced lane thread. `run(fn)` waits for the result; a full
-    queue answers "busy" at once.
+    On a CPU judge the compute runs in a child process (game/explain_process.py) at nice
+    19 with one thread, over the very same weights in shared memory: its own GIL and the
+    kernel's lowest CPU share, so live drafts hardly notice it (bench/explain.py). A lane
+    thread hands it one job at a time and waits, and before each job waits (bounded)
+    while the live scorer has drafts queued. On a GPU judge (or `isolate=False`) the lane
+    thread computes itself, at nice +LANE_NICE, with a second `Scorer` over the same
+    model (its own compute lock, so a 13-caption batch never makes a live draft wait for
+    the live scorer's lock), yielding to queued live drafts between the image tower's
+    blocks. Either way the numbers are the judge's own (tests hold both to 1e-5 of
+    open_clip). `run(fn)` waits for the result; a full queue answers "busy" at once.
     """
 
-    def __init__(self, live_scorer, *, max_queue: int = LANE_QUEUE, nice: int = LANE_NICE):
-        from engine.scorer import Scorer
+    def __init__(self, live_scorer, *, max_queue: int = LANE_QUEUE, nice: int = LANE_NICE,
+                 isolate: Optional[bool] = None):
         self.live = live_scorer
         self.clip = live_scorer.clip
-        self.scorer = Scorer(self.clip, max_caption_chars=live_scorer.max_caption_chars, cache_size=2048,
-                             stream_cache_size=1, stream_cache_mb=1.0, num_threads=live_scorer.num_threads)
+        self.isolated = (self.clip.device.type == "cpu") if isolate is None else bool(isolate)
+        self.process = self.scorer = None
+        if self.isolated:
+            from game.explain_process import ExplainProcess
+            self.process = ExplainProcess(self.clip, max_caption_chars=live_scorer.max_caption_chars)
+            live_scorer.pause_while_live(self.process)  # explanations compute only while the judge is idle
+        else:
+            from engine.scorer import Scorer
+            self.scorer = Scorer(self.clip, max_caption_chars=live_scorer.max_caption_chars, cache_size=2048,
+                                 stream_cache_size=1, stream_cache_mb=1.0, num_threads=live_scorer.num_threads)
+            if sys.getswitchinterval() > GIL_SWITCH_S:  # process-wide; see GIL_SWITCH_S
+                sys.setswitchinterval(GIL_SWITCH_S)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._nice = nice
-        if sys.getswitchinterval() > GIL_SWITCH_S:  # process-wide; see GIL_SWITCH_S
-            sys.setswitchinterval(GIL_SWITCH_S)
         self._thread = threading.Thread(target=self._loop, name="explain-lane", daemon=True)
         self._thread.start()
 
     def words(self, caption: str, image_embedding):
-        """engine.explain.word_contributions on the lane (one bulk batch of the lane's scorer)."""
+        """engine.explain.word_contributions on the lane (one bulk batch)."""
+        if self.process is not None:
+            return self.run(lambda: self.process.words(caption, image_embedding, LANE_TIMEOUT_S))
         from engine.explain import word_contributions
         return self.run(lambda: word_contributions(self.scorer, caption, image_embedding))
 
     def heatmap(self, caption: str, image):
-        """engine.explain.relevance_map on the lane, yielding to live drafts between the tower's blocks."""
+        """engine.explain.relevance_map of the caption's embedding on the lane."""
+        if self.process is not None:
+            return self.run(lambda: self.process.heatmap(caption, image, LANE_TIMEOUT_S))
         from engine.explain import relevance_map
 
         def job():
@@ -113,6 +127,7 @@ class ExplainLane:
         return self.run(job)
 
     def run(self, fn: Callable, timeout: float = LANE_TIMEOUT_S):
+        from game.explain_process import ExplainProcessError
         future: Future = Future()
         try:
             self._queue.put_nowait((fn, future))
@@ -121,10 +136,21 @@ class ExplainLane:
                 from None
         try:
             return future.result(timeout=timeout)
-        except FuturesTimeout:
+        except (FuturesTimeout, ExplainProcessError) as exc:
             future.cancel()  # if it has not started, it never will
+            if isinstance(exc, ExplainProcessError):
+                log.error("explanation failed: %s", exc)
             raise ProtocolError("busy", "the judge is too busy to explain that right now; try again later") \
                 from None
+
+    def close(self) -> None:
+        """Stop the explanation process or the lane's scorer (tests, benchmarks; a server just exits)."""
+        if self.process is not None:
+            if self.live._background is self.process:
+                self.live.pause_while_live(None)
+            self.process.close()
+        if self.scorer is not None:
+            self.scorer.close()
 
     def _loop(self) -> None:
         try:  # Linux: a thread is a task, so this lowers this thread alone

@@ -26,7 +26,9 @@ The layers, bottom to top:
                 embedded redis-server, backups, the Lua scripts).
   3 service     game.service: the game a player talks to (drafts, submissions,
                 boards, message validation) over the store and the judge; and
-                game.rooms, Play with friends over the same (it uses game.service).
+                game.rooms, Play with friends over the same (it uses game.service);
+                game.explain (and game.explain_process, its child process), why
+                a caption scored what it did.
   3 generation  game.generation: the job queue, heartbeats, the generation
                 service and the worker process. A sibling of the game service.
   4 web         game.web: Flask blueprints over the service, the store and the
@@ -57,7 +59,8 @@ LAYERS = [
                    "game.skeleton")),  # nickname look-alike skeletons (arrives with branch fix/names)
     ("store", 2, ("game.store",)),
     ("service", 3, ("game.service", "game.rooms",  # the daily game and Play with friends
-                    "game.explain")),  # why a caption scored that (word effects, heatmaps)
+                    "game.explain",  # why a caption scored that (word effects, heatmaps)
+                    "game.explain_process")),  # ... computed in a niced child process the judge pauses
     ("generation", 3, ("game.generation",)),
     ("web", 4, ("game.web",)),
     ("cli", 4, ("game.cli",)),

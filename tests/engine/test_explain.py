@@ -46,15 +46,15 @@ def test_words_are_whitespace_tokens_with_punctuation_attached():
 
 
 def test_effects_equal_scoring_each_variant_on_its_own(clip, scorer):
-    """One bulk batch; every effect equals full - variant scored alone (a fresh scorer, open_clip's path)."""
+    """One bulk call; every effect equals full - variant scored alone (a fresh scorer, open_clip's path)."""
     image = unit(np.random.default_rng(1).normal(size=clip.embed_dim))
     caption = "a small raccoon, driving a red tractor through muddy fields at dawn!"
     calls = []
 
     class Counting(Scorer):
-        def embed_texts(self, captions):
-            calls.append(list(captions))
-            return super().embed_texts(captions)
+        def embed_family(self, base, variants):
+            calls.append([base, *variants])
+            return super().embed_family(base, variants)
 
     counting = Counting(clip, max_caption_chars=200)
     try:

@@ -199,3 +199,26 @@ def test_one_packed_forward_equals_chunked_forwards_and_open_clip(clip, monkeypa
     for d, r in zip(drafts[:5], uniform):
         assert r.reused == len(enc.key(d)) - 1
         assert np.abs(r.embedding.numpy() - reference(clip, d + " dog")).max() <= TOL
+
+
+def test_a_family_of_edits_is_exact_and_starts_from_the_base(clip):
+    """embed_family: the base, then each variant from the base's shared tokens; open_clip's numbers."""
+    base = "a small raccoon, driving a red tractor through muddy fields at dawn!"
+    words = base.split()
+    variants = [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))] + ["entirely different words"]
+    with Scorer(clip) as scorer:
+        computed = []
+        encode = scorer.encoder.encode
+
+        def counting(jobs, *args, **kwargs):
+            results = encode(jobs, *args, **kwargs)
+            computed.append(sum(len(job.key) - r.reused for job, r in zip(jobs, results)))
+            return results
+        scorer.encoder.encode = counting
+        got = scorer.embed_family(base, variants)
+        with pytest.raises(Exception, match="Caption 3"):
+            scorer.embed_family(base, ["fine", "  ", "also fine"])
+    ref = clip.encode_texts_reference([base, *variants]).numpy()
+    assert got.shape == ref.shape and float(np.abs(got - ref).max()) <= TOL
+    from_scratch = sum(len(TextEncoder(clip).key(c)) - 1 for c in [base, *variants])  # all but the start token
+    assert sum(computed) < 0.7 * from_scratch  # variants reuse the base's prefix

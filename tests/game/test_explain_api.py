@@ -253,4 +253,4 @@ def test_a_full_lane_answers_busy_at_once(tiny_clip):
     finally:
         release.set()
         live.close()
-        lane.scorer.close()
+        lane.close()
