@@ -12,8 +12,10 @@ runs them (game/explain.py):
     the heatmap lane is serial): for fresh 12-word captions, the word
     contributions (`engine.explain.word_contributions`, one bulk batch) and the
     heatmap (the caption's embedding, then `relevance_map`), both on the web
-    process's `game.explain.ExplainLane`: a niced thread with its own Scorer
-    over the same model, yielding to queued live drafts.
+    process's `game.explain.ExplainLane`: on CPU a niced child process over the
+    same weights that the live scorer stops during each live batch
+    (game/explain_process.py); `--in-thread` runs them on the lane thread with
+    its own Scorer instead, as a GPU judge does.
 
 Rounds alternate typing alone and typing with explanations, so a machine shared
 with other work slows both alike. Afterwards every word effect is checked
@@ -26,7 +28,7 @@ after a line with the typing load's p99 alone and with explanations and their
 ratio (target <= 1.2). An earlier line gives the explanations' cost with nobody
 typing, which on a machine shared with other work shows how much of the figures
 under load is the lane's low priority rather than compute. --nice and
---switch-ms try other lane settings. Targets on the 2-core box: words_p50_ms <= 300,
+--switch-ms try other settings of the in-thread lane. Targets on the 2-core box: words_p50_ms <= 300,
 heatmap_p50_ms <= 1500, max_abs_diff <= 1e-5.
 
 Usage: PYTHONPATH=. python bench/explain.py [--quick] [--rounds N] [--seconds S] [--typists N]

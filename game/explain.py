@@ -19,18 +19,17 @@ Who may see what (a running ranked day is a puzzle, not a lesson):
     so it is not refused as a pool target; a running day's picture still is.
 Both are rate-limited like submissions (the store's Redis token bucket, own key).
 
-Where they run, and why here: in the web process, which already holds the
-model, on an `ExplainLane` (one per process): a single thread at a lower OS
-priority (nice +10 on the thread: the kernel schedules request threads and
-the live scorer's batching thread first) with its own Scorer over the same
-model, so explanations never hold the live scorer's compute lock; it waits
-while live drafts are queued before each job and between the image tower's
-blocks. The lane's queue is small and a full one answers "busy" at once.
-bench/explain.py measures the typing load's p99 with and without explanations
-(word contributions on the live scorer, sharing its compute lock, made it
-2-15x on this 2-core machine; on the lane it stays near 1x). The generator worker was the alternative: it holds no CLIP
-text tower, and a queue round trip would add its polling delay to a click for
-no gain in isolation. Results are cached in Redis per (model, target, caption)
+Where they run, and why there: beside the web process, which already holds the
+model, through an `ExplainLane` (one per process): one explanation at a time, a small
+queue whose overflow answers "busy" at once. On a CPU judge the compute happens in a
+child process (game/explain_process.py) sharing the model's weights, at nice 19, that
+the live scorer stops for the length of every live batch: explanations use only the
+time the judge is idle, so typists never wait for them (bench/explain.py: typing p99
+0.94-0.99x with explanations back to back, against 2.3-2.9x on a niced thread of the
+web process). A GPU judge explains on the lane thread with its own Scorer over the same
+model. The generator worker was the alternative: it holds no CLIP text tower, it is
+busy generating, and a queue round trip would add its polling delay to every click.
+Results are cached in Redis per (model, target, caption)
 for a week; a cached answer is returned at once (after the rate limit).
 """
 from __future__ import annotations
