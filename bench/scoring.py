@@ -326,6 +326,12 @@ def main(argv=None) -> int:
     print(f"(c) typing: {typing_rate:.1f} drafts/s vs naive {naive_c_rate:.1f} drafts/s ({typing_ratio:.2f}x); "
           f"latency p50 {np.percentile(lat_c, 50):.1f} ms, p99 {np.percentile(lat_c, 99):.1f} ms; "
           f"{reused:.0%} of tokens reused from stream prefixes; {stats_c['batches']} batches")
+    # Where (c)'s time went: a judge computing all the time is bound by the encoder; one that
+    # is often idle is waiting for the callers (their Python: tokenizing, queueing, waking).
+    print(f"(c) judge: computing {stats_c['compute_s'] / t_engine_c:.0%} of the run; "
+          f"{stats_c['encoded'] / max(1, stats_c['batches']):.1f} drafts and "
+          f"{stats_c['tokens_computed'] / max(1, stats_c['batches']):.1f} new token rows per batch, "
+          f"{stats_c['compute_s'] * 1000 / max(1, stats_c['batches']):.1f} ms per batch")
 
     emb_diff = max(float(np.abs(got_b - ref_b).max()), float(np.abs(got_c - ref_c).max()))
     max_abs_diff = max(score_diff(got_b, ref_b, image), score_diff(got_c, ref_c, image))

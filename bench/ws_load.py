@@ -227,6 +227,8 @@ def main():
                         help="typing pause before a draft (default: the play page's PAUSE_MS)")
     parser.add_argument("--threads", type=int, default=None,
                         help="the web process's torch threads (default: the scorer's choice)")
+    parser.add_argument("--gil-switch-ms", type=float, default=None,
+                        help="the web process's GIL switch interval (default: the game's GIL_SWITCH_MS)")
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="sample the web worker with py-spy during the load; raw stacks to FILE")
     args = parser.parse_args()
@@ -248,14 +250,16 @@ def main():
         # harness.settings (the lifted per-address caps: every simulated player is
         # 127.0.0.1) with the full-size judge and torch's own thread count, as in production.
         web = servers.Gunicorn("unix://" + redis_server.socket_path(instance), Path(instance), port=port,
-                               CLIP_MODEL=MODEL, CLIP_PRETRAINED=PRETRAINED, TORCH_THREADS=args.threads)
+                               CLIP_MODEL=MODEL, CLIP_PRETRAINED=PRETRAINED, TORCH_THREADS=args.threads,
+                               **({"GIL_SWITCH_MS": args.gil_switch_ms} if args.gil_switch_ms else {}))
         print(f"server: {servers.procfile_web(web.port)}  (CLIP {MODEL}/{PRETRAINED}: random weights, "
               f"scores meaningless)", flush=True)
         base = web.url
         t0 = time.perf_counter()
         _wait_ready(web)
         print(f"server ready in {time.perf_counter() - t0:.1f}s; typists draft after a {pause_ms:.0f} ms pause "
-              f"or a space; server torch threads: {args.threads or 'default'}; load average "
+              f"or a space; server torch threads: {args.threads or 'default'}; GIL switch "
+              f"{args.gil_switch_ms or 'default'} ms; load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         warm_up(base, puzzles[0])
 

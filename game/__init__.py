@@ -14,6 +14,7 @@ free of cycles.
 from __future__ import annotations
 
 import os
+import sys
 
 from flask import Flask
 
@@ -34,6 +35,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     from game.store import server as redis_server
 
     judge = load_judge(app.config)
+    # The judge's batching thread dispatches a few hundred torch ops per batch, each needing the
+    # GIL; behind a busy request thread it waits up to the switch interval for every one of them.
+    sys.setswitchinterval(app.config["GIL_SWITCH_MS"] / 1000)
     app.config["DEMO_MODE"] = judge.demo_mode
     app.config["DEMO_REASON"] = judge.demo_reason
     app.config["MODEL_ID"] = judge.model_id

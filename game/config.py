@@ -66,6 +66,7 @@ DEFAULTS: dict = {
     "ROOM_BAR_WINDOW_MS": 100,  # live bars: at most one message per room per window (10/s)
     "SCORER_BATCH_WINDOW_MS": 2.0,
     "TORCH_THREADS": None,  # None -> the scorer's default (cores - 1)
+    "GIL_SWITCH_MS": 1.0,  # how long a Python thread may keep the GIL while another waits (Python's own: 5)
     "SCORER_PRECISION": "fp32",  # fp32 (exact) | bf16 (opt-in, faster on GPUs, measured error in bench/scoring.py)
     # Flask's own settings, here so CAPTIONARY_SESSION_COOKIE_SECURE=true etc. can override them.
     "SESSION_COOKIE_NAME": "captionary",
@@ -83,7 +84,8 @@ _INT_KEYS = ("PUZZLES_PER_DAY", "MAX_SUBMISSIONS", "MAX_CAPTION_CHARS", "MAX_FRA
              "ROOM_MAX_SPECTATORS", "ROOM_BAR_WINDOW_MS")  # whole numbers > 0
 _COUNT_KEYS = ("TRUSTED_PROXIES", "WS_PER_PLAYER", "WS_PER_ADDRESS")  # whole numbers >= 0 (0: none / no cap)
 _FLOAT_KEYS = ("DRAFT_RATE", "SUBMIT_RATE", "SCORER_BATCH_WINDOW_MS")
-_POSITIVE_FLOAT_KEYS = ("FRAME_RATE", "FRAME_BURST", "NEW_PLAYER_RATE", "NEW_PLAYER_BURST", "WS_SEND_TIMEOUT_S")
+_POSITIVE_FLOAT_KEYS = ("FRAME_RATE", "FRAME_BURST", "NEW_PLAYER_RATE", "NEW_PLAYER_BURST", "WS_SEND_TIMEOUT_S",
+                        "GIL_SWITCH_MS")
 _BOOL_KEYS = ("DEMO_FALLBACK", "IMPORT_STARTER_PHOTOS", "SESSION_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY",
               "COOKIE_SECURE", "READY_REQUIRES_WORKERS")
 _CHOICE_KEYS = {"LOG_FORMAT": ("text", "json"), "GRACEFUL_SIGTERM": ("auto", "true", "false"),

@@ -100,7 +100,7 @@ class ExplainLane:
             from engine.scorer import Scorer
             self.scorer = Scorer(self.clip, max_caption_chars=live_scorer.max_caption_chars, cache_size=2048,
                                  stream_cache_size=1, stream_cache_mb=1.0, num_threads=live_scorer.num_threads)
-            if sys.getswitchinterval() > GIL_SWITCH_S:  # process-wide; see GIL_SWITCH_S
+            if sys.getswitchinterval() > GIL_SWITCH_S:  # process-wide (the web app sets it too: GIL_SWITCH_MS)
                 sys.setswitchinterval(GIL_SWITCH_S)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._nice = nice
