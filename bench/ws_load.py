@@ -330,6 +330,36 @@ def warm_up(base: str, puzzle: str, drafts: int = 30) -> None:
     print(f"warm-up: {drafts} drafts in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
+JUDGE_COUNTERS = ("captionary_judge_batches_total", "captionary_judge_compute_seconds_total",
+                  "captionary_judge_captions_encoded_total", 'captionary_judge_token_rows_total{kind="computed"}')
+
+
+def server_judge(base: str) -> dict[str, float]:
+    """The web process's judge counters (/metrics), to tell a judge out of compute from one starved of CPU."""
+    import requests
+    try:
+        text = requests.get(base + "/metrics", timeout=10).text
+    except requests.RequestException:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in JUDGE_COUNTERS or name == "captionary_judge_torch_threads":
+            out[name] = float(value)
+    return out
+
+
+def judge_line(before: dict, after: dict, seconds: float) -> str:
+    if not before or not after:
+        return "judge: /metrics unavailable"
+    batches, busy, drafts, rows = (after[k] - before[k] for k in JUDGE_COUNTERS)
+    batches = max(batches, 1)
+    return (f"judge: computing {busy / seconds:.0%} of the run; {drafts / batches:.1f} drafts, "
+            f"{rows / batches:.1f} new token rows and {busy * 1000 / batches:.1f} ms per batch "
+            f"({busy * 1000 / max(rows, 1):.2f} ms per row); torch threads now "
+            f"{after.get('captionary_judge_torch_threads', float('nan')):.0f}")
+
+
 def server_draft_buckets(base: str) -> dict[float, float]:
     """The web process's draft latency histogram (/metrics: parsed draft to score, cumulative)."""
     import requests
@@ -363,6 +393,7 @@ def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalle
     """One load run of `players` typists for `seconds`; prints its lines and returns its figures."""
     print(f"load: {players} typists for {seconds:.0f}s", flush=True)
     server_before = server_draft_buckets(base)
+    judge_before = server_judge(base)
     stats = {"latencies": [], "sent": 0, "dropped": 0, "errors": 0, "submits": 0, "pushes": 0,
              "over_cap": 0, "error_codes": [], "push_ms": []}
     stalled = [stalled_reader(base, puzzles) for _ in range(stalled_n)]
@@ -407,6 +438,7 @@ def run_load(base: str, puzzles: list[str], players: int, seconds: float, stalle
           f"p99 {percentile(push, 99):.1f} ({len(push)} pushes)"
           + (f"; stalled readers closed by the server: {closed}/{len(stalled)}" if stalled else ""))
     server_after = server_draft_buckets(base)
+    print(judge_line(judge_before, server_judge(base), elapsed))
     print(f"server side (parsed draft to score, /metrics buckets), ms: p50 "
           f"{bucket_quantile(server_before, server_after, 0.5)} p99 {bucket_quantile(server_before, server_after, 0.99)}")
     print(f"scored/s {len(lat) / elapsed:.1f}; latency ms: p50 {percentile(lat, 50):.1f} "

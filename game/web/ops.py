@@ -6,7 +6,9 @@
                  always 503 once a graceful shutdown has begun (load balancers stop routing)
   GET /metrics   Prometheus text format (prometheus_client), this process's counters plus
                  gauges read from Redis at scrape time (queue depth, pool size, workers,
-                 generation it/s reported through the workers' heartbeats)
+                 generation it/s reported through the workers' heartbeats), and this
+                 process's judge (batches, seconds computing, token rows computed and
+                 reused, drafts queued, torch threads): how busy the live scorer is
 
 Settings (CAPTIONARY_*): LOG_FORMAT "text" | "json"; READY_REQUIRES_WORKERS (default
 false: the web game keeps serving from the existing pool while no worker runs, so a
@@ -42,7 +44,7 @@ from contextlib import contextmanager
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from game.web.security import bearer_token, tokens_match
 
@@ -118,6 +120,44 @@ class RedisCollector:
                               "Generation speed of each working worker's current job", labels=["worker"])
         for name, rate in rates.items():
             g.add_metric([name], rate)
+        yield g
+
+
+class JudgeCollector:
+    """This process's live scorer, read at scrape time from `Scorer.stats()`.
+
+    What an operator needs to tell a judge that runs out of compute (seconds computing per
+    second near 1, drafts queued) from one starved of CPU or waiting on other work (few
+    seconds computing, yet slow drafts); bench/ws_load.py prints the same figures.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        scorer = self.app.extensions.get("scorer")
+        if scorer is None:
+            return
+        stats = scorer.stats()
+        for name, key, text in (("batches", "batches", "Batches the judge encoded"),
+                                ("compute_seconds", "compute_s", "Seconds the judge spent encoding batches"),
+                                ("captions_encoded", "encoded", "Drafts and captions the judge encoded")):
+            c = CounterMetricFamily(f"captionary_judge_{name}", text)
+            c.add_metric([], stats[key])
+            yield c
+        c = CounterMetricFamily("captionary_judge_token_rows", "Token positions encoded, computed or reused "
+                                "from a player's cached prefix", labels=["kind"])
+        c.add_metric(["computed"], stats["tokens_computed"])
+        c.add_metric(["reused"], stats["tokens_reused"])
+        yield c
+        g = GaugeMetricFamily("captionary_judge_queue_depth", "Drafts waiting for the judge")
+        g.add_metric([], stats["queue_depth"])
+        yield g
+        g = GaugeMetricFamily("captionary_judge_torch_threads", "The judge's torch intra-op threads now")
+        g.add_metric([], stats["torch_threads"])
         yield g
 
 
@@ -402,6 +442,7 @@ def init_app(app) -> None:
     configure_logging(app)
     m = Metrics()
     m.registry.register(RedisCollector(app))
+    m.registry.register(JudgeCollector(app))
     app.extensions["metrics"] = m
     instrument_game(app.extensions["game"], m)
     drain = Drain(m)

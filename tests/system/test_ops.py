@@ -77,6 +77,7 @@ def test_metrics_count_drafts_submissions_refusals_and_read_redis(app, client, s
     from game.generation.worker import Worker
     p = seeded[0].id
     client.get("/")
+    before = _metrics(client)  # the judge is shared by the tests' apps: its counters only grow
     for i in range(3):
         assert client.post("/api/draft", json={"puzzle": p, "caption": f"a red square {i}"}).status_code == 200
     assert client.post("/api/draft", json={"puzzle": p, "caption": " "}).status_code == 400
@@ -98,6 +99,12 @@ def test_metrics_count_drafts_submissions_refusals_and_read_redis(app, client, s
     assert m["captionary_queue_depth"] == 1 and m["captionary_workers_alive"] == 1
     assert m["captionary_generation_iterations_per_second{worker=metrics-worker}"] == pytest.approx(10, rel=0.2)
     assert m["captionary_redis_up"] == 1
+    grew = {k: m[k] - before[k] for k in ("captionary_judge_captions_encoded_total", "captionary_judge_batches_total",
+                                          "captionary_judge_compute_seconds_total",
+                                          "captionary_judge_token_rows_total{kind=computed}")}
+    assert grew["captionary_judge_captions_encoded_total"] >= 3 and grew["captionary_judge_batches_total"] >= 1
+    assert grew["captionary_judge_compute_seconds_total"] > 0 and grew["captionary_judge_token_rows_total{kind=computed}"] > 3
+    assert m["captionary_judge_queue_depth"] == 0 and m["captionary_judge_torch_threads"] >= 1
 
 
 def test_metrics_token(tmp_path, redis_url, redis_client, clock):
