@@ -90,7 +90,16 @@ class ExplainLane:
                  isolate: Optional[bool] = None):
         self.live = live_scorer
         self.clip = live_scorer.clip
-        self.isolated = (self.clip.device.type == "cpu") if isolate is None else bool(isolate)
+        if isolate is None:
+            isolate = self.clip.device.type == "cpu"
+            if isolate:
+                from game.explain_process import cannot_share
+                reason = cannot_share(self.clip.model)
+                if reason:
+                    isolate = False
+                    log.warning("explanations run in the web process, where they slow live scores: "
+                                "the model cannot be shared with a child process (%s)", reason)
+        self.isolated = bool(isolate)
         self.process = self.scorer = None
         if self.isolated:
             from game.explain_process import ExplainProcess

@@ -13,7 +13,10 @@ CPU whenever request threads want it (weight 15 vs 1024).
 Nothing is copied: the model's tensors are moved to shared memory (`share_memory_`,
 in place, so the live scorer keeps reading the same storage) and handed to the child
 by torch.multiprocessing, so both processes compute with the very same weights (the
-numbers equal the live scorer's; tests hold them to 1e-5 of open_clip). The child
+numbers equal the live scorer's; tests hold them to 1e-5 of open_clip). Where the
+shared-memory filesystem is too small for the weights (`cannot_share`: a container's
+64 MB /dev/shm), the lane explains in the web process instead and logs how to fix it.
+The child
 is started with "spawn" (a fresh interpreter: forking a process full of threads and
 an OpenMP pool is unsafe) on the first explanation, not at start-up, and started
 again if it dies. It exits by itself when the web process goes away (its end of the
@@ -53,6 +56,35 @@ log = logging.getLogger("captionary.explain")
 CHILD_NICE = 19
 CHILD_THREADS = None  # every core this process may use: the child only runs while the judge is idle
 START_TIMEOUT_S = 120.0  # a fresh interpreter imports torch and open_clip: seconds on a busy box
+
+
+SHM_PATH = "/dev/shm"
+SHM_MARGIN_BYTES = 64 << 20
+
+
+def shm_free_bytes(path: str = SHM_PATH) -> Optional[int]:
+    """Free bytes of the shared-memory filesystem torch shares tensors through; None if unknown."""
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def cannot_share(model) -> Optional[str]:
+    """Why `model`'s weights cannot go to shared memory here (None: they can).
+
+    Containers often mount a small /dev/shm (Docker: 64 MB); sharing a model larger than its
+    free space would fail part way, or kill the process with SIGBUS when the pages are touched.
+    """
+    need = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    free = shm_free_bytes()
+    if free is None:
+        return f"{SHM_PATH} is missing"
+    if free < need + SHM_MARGIN_BYTES:
+        return (f"{SHM_PATH} has {free >> 20} MB free and the model needs {need >> 20} MB (+{SHM_MARGIN_BYTES >> 20}); "
+                f"give it more (e.g. docker run --shm-size=1g)")
+    return None
 
 
 class ExplainProcessError(RuntimeError):

@@ -155,6 +155,23 @@ def test_the_in_thread_lane_of_a_gpu_judge_gives_the_same_numbers(lane, tiny_cli
         in_thread.close()
 
 
+def test_too_little_shared_memory_keeps_explanations_in_the_web_process(tiny_clip, monkeypatch, caplog):
+    """A container's small /dev/shm (Docker: 64 MB) cannot hold the weights: the lane computes itself, and says why."""
+    import game.explain_process as explain_process
+    monkeypatch.setattr(explain_process, "shm_free_bytes", lambda path=explain_process.SHM_PATH: 32 << 20)
+    reason = explain_process.cannot_share(tiny_clip.model)
+    assert "32 MB free" in reason and "--shm-size" in reason
+    live = Scorer(tiny_clip)
+    lane = ExplainLane(live)
+    try:
+        assert not lane.isolated and lane.process is None
+        assert "cannot be shared with a child process" in caplog.text
+        assert lane.words("a red square", live.embed_image(picture())).words == ["a", "red", "square"]
+    finally:
+        lane.close()
+        live.close()
+
+
 def test_a_stopped_child_dies_with_its_parent(tmp_path):
     """The parent is SIGKILLed while its child is stopped mid-job: the kernel kills the child too."""
     script = tmp_path / "parent.py"
