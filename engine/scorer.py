@@ -305,12 +305,7 @@ class Scorer:
         """(N, D) normalised float32 embeddings, encoded in length-grouped batches (bulk path)."""
         if isinstance(captions, str) or not isinstance(captions, Sequence):
             raise TypeError("embed_texts expects a list of captions")
-        keys = []
-        for i, caption in enumerate(captions):
-            try:
-                keys.append(self._key(validate_caption(caption, self.max_caption_chars)))
-            except CaptionError as exc:
-                raise CaptionError(f"Caption {i + 1}: {exc}") from None
+        keys = self._keys(captions)
         out = np.empty((len(keys), self.embed_dim), dtype=np.float32)
         missing: dict[tuple[int, ...], list[int]] = {}
         for i, key in enumerate(keys):
@@ -365,12 +360,7 @@ class Scorer:
         captions = [base, *variants]
         if not self.encoder.fast:
             return self.embed_texts(captions)
-        keys = []
-        for i, caption in enumerate(captions):
-            try:
-                keys.append(self._key(validate_caption(caption, self.max_caption_chars)))
-            except CaptionError as exc:
-                raise CaptionError(f"Caption {i + 1}: {exc}") from None
+        keys = self._keys(captions)
         if self._closed:
             raise ScorerClosedError("the scorer is closed")
         out = np.empty((len(keys), self.embed_dim), dtype=np.float32)
@@ -439,6 +429,16 @@ class Scorer:
         if self.encoder.is_empty(key):
             raise CaptionError("Please write a caption: it has no words the judge can read.")
         return key
+
+    def _keys(self, captions: Sequence[str]) -> list[tuple[int, ...]]:
+        """Token keys of validated captions; a CaptionError names the caption ("Caption 3: ...")."""
+        keys = []
+        for i, caption in enumerate(captions):
+            try:
+                keys.append(self._key(validate_caption(caption, self.max_caption_chars)))
+            except CaptionError as exc:
+                raise CaptionError(f"Caption {i + 1}: {exc}") from None
+        return keys
 
     def _yield_to_live(self) -> None:
         """Bulk work (target and hint embedding) waits while live drafts are queued or about
