@@ -175,8 +175,9 @@ class ExplainProcess:
                 code = self._proc.exitcode if self._proc is not None else None
                 self._stop()
                 raise ExplainProcessError(f"the explanation process died (exit code {code})") from exc
-            finally:
-                self._working = None
+            # Only now is the child idle: after a timeout it is still computing the job, and live
+            # batches keep pausing it until its late answer is in (the next call drops that).
+            self._working = None
         if ok:
             return value
         raise value

@@ -102,6 +102,22 @@ def test_a_live_batch_stops_the_child_until_it_is_done(lane):
     assert process.pid() == pid
 
 
+def test_a_timed_out_job_is_still_work_and_its_late_answer_is_dropped(lane):
+    from game.explain_process import ExplainTimeout
+    image = lane.live.embed_image(picture())
+    lane.words("warm the child up", image)
+    process = lane.process
+    pid = hold(process)
+    try:
+        with pytest.raises(ExplainTimeout):
+            process.words("a late red square", image, timeout=0.3)
+        assert process._working == pid  # the child still owes that answer: live batches keep pausing it
+    finally:
+        process.resume()
+    got = lane.words("a blue circle", image)  # the late answer to the first job is read and dropped
+    assert got.words == ["a", "blue", "circle"] and process._working is None
+
+
 def test_live_typing_pauses_a_running_explanation(lane):
     image = lane.live.embed_image(picture())
     lane.words("warm the child up", image)
