@@ -373,6 +373,10 @@ class Scorer:
             out[i] = self._remember(key, result)
         return out
 
+    def exclusive(self):
+        """The scorer's compute lock: while it is held nothing of this scorer computes (e.g. to move its weights)."""
+        return self._compute
+
     def pause_while_live(self, background) -> None:
         """Have `background.pause()` called before each live batch computes and `resume()` after.
 

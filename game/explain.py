@@ -103,7 +103,8 @@ class ExplainLane:
         self.process = self.scorer = None
         if self.isolated:
             from game.explain_process import ExplainProcess
-            self.process = ExplainProcess(self.clip, max_caption_chars=live_scorer.max_caption_chars)
+            self.process = ExplainProcess(self.clip, max_caption_chars=live_scorer.max_caption_chars,
+                                          model_lock=live_scorer.exclusive())
             live_scorer.pause_while_live(self.process)  # explanations compute only while the judge is idle
         else:
             from engine.scorer import Scorer

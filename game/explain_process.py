@@ -11,7 +11,8 @@ A child process has its own GIL and runs at nice 19, the kernel's lowest share o
 CPU whenever request threads want it (weight 15 vs 1024).
 
 Nothing is copied: the model's tensors are moved to shared memory (`share_memory_`,
-in place, so the live scorer keeps reading the same storage) and handed to the child
+in place, when the lane is made, under the live scorer's compute lock: the move frees
+the old memory a running matmul could still be reading) and handed to the child
 by torch.multiprocessing, so both processes compute with the very same weights (the
 numbers equal the live scorer's; tests hold them to 1e-5 of open_clip). Where the
 shared-memory filesystem is too small for the weights (`cannot_share`: a container's
@@ -43,6 +44,7 @@ on the lane thread, where they cost the CPU almost nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -99,9 +101,13 @@ class ExplainProcess:
     """A spawned child that computes word contributions and heatmaps for one loaded CLIP."""
 
     def __init__(self, clip, *, max_caption_chars: int = 200, nice: int = CHILD_NICE,
-                 threads: Optional[int] = CHILD_THREADS):
+                 threads: Optional[int] = CHILD_THREADS, model_lock=None):
+        """`model_lock`: held while the weights move to shared memory, now (give the live scorer's
+        `exclusive()`: moving a tensor frees its old memory, which a running matmul may still read)."""
         if clip.device.type != "cpu":
             raise ValueError("ExplainProcess shares CPU weights; a GPU judge explains on its lane thread")
+        with model_lock if model_lock is not None else contextlib.nullcontext():
+            clip.model.share_memory()  # in place: same tensors, same values, now in shared memory
         self.clip = clip
         self.max_caption_chars = int(max_caption_chars)
         self.nice = int(nice)
@@ -111,7 +117,7 @@ class ExplainProcess:
         self._conn = None
         self._seq = 0
         self._lock = threading.Lock()  # one request at a time on the pipe
-        self._working: Optional[int] = None  # the child's pid while a job is in flight
+        self._working: Optional[int] = None  # the child's pid while it owes an answer (even a timed-out one)
         self._stopped: Optional[int] = None  # the pid `pause` stopped, until `resume`
         self.starts = 0
         self.pauses = 0
@@ -185,8 +191,6 @@ class ExplainProcess:
     def _start(self, deadline: float) -> None:
         import torch.multiprocessing as mp
         self._stop()
-        # In place: the live scorer's tensors now live in shared memory, same values, same objects.
-        self.clip.model.share_memory()
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         spec = {"clip": self.clip, "max_caption_chars": self.max_caption_chars,
