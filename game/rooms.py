@@ -30,6 +30,7 @@ import json
 import threading
 from typing import Optional
 
+from engine.embeddings import LRUCache
 from game.service import ProtocolError, public_id
 from game.store.rooms import (MAX_ROUNDS, ROUND_SECONDS, SOURCES, Room, RoomError, RoomLimits, RoomStore)
 
@@ -52,6 +53,10 @@ class Rooms:
         self.rooms = RoomStore(self.store.r, self.store.now, limits)
         self._starter: Optional[set] = None  # starter photo target ids (the manifest never changes at run time)
         self.pending_bars: set[str] = set()  # rooms whose last drafts here await the end of a throttle window
+        # Room code -> its game's pictures, as last read here. A draft scores against the remembered
+        # picture and room_draft.lua records it only if that is still the round's picture ("moved"
+        # otherwise: read again, score again), which saves a Redis round trip on every keystroke.
+        self._pictures: LRUCache[list] = LRUCache(1024)
         self._pending_lock = threading.Lock()
 
     # -- pictures -----------------------------------------------------------------------------------
@@ -184,27 +189,40 @@ class Rooms:
                                   "locked": bool(mine.get("locked"))}}
         return code, {"type": "room_joined", "room": code, "you": you, "resumed": resumed}
 
-    def _round_target(self, code: str, round_no: int, seq=None) -> str:
-        raw = self.store.r.hget(self.rooms.key(code), "pictures")
-        if raw is None:
-            raise ProtocolError("unknown_room", f"there is no room {code} (it may have expired)", seq)
-        pictures = json.loads(raw)
+    def _round_target(self, code: str, round_no: int, seq=None, fresh: bool = False) -> str:
+        """The round's picture: remembered (checked again when the draft is recorded) or read from Redis."""
+        pictures = None if fresh else self._pictures.get(code)
+        if pictures is None or not 1 <= round_no <= len(pictures):  # unknown here, or maybe a newer game
+            raw = self.store.r.hget(self.rooms.key(code), "pictures")
+            if raw is None:
+                raise ProtocolError("unknown_room", f"there is no room {code} (it may have expired)", seq)
+            pictures = json.loads(raw)
+            if pictures:  # a lobby's "[]" is not worth remembering: the first round draws the pictures
+                self._pictures.put(code, pictures)
         if not 1 <= round_no <= len(pictures):
             raise ProtocolError("stale_round", f"round {round_no} is not this room's round", seq)
         return pictures[round_no - 1]
+
+    def _record(self, pid: str, code: str, round_no: int, caption: str, seq=None, *, lock: bool = False):
+        """Score `caption` against the round's picture and record it; (score, bars sent now)."""
+        for attempt in range(3):
+            target = self._round_target(code, round_no, seq, fresh=attempt > 0)
+            score = self.game.score_target(target, caption, self.stream(pid, code), seq)
+            try:
+                return score, self.rooms.draft(code, pid, round_no, score, caption, lock=lock, target=target)
+            except RoomError as exc:
+                if exc.code != "moved":  # moved: a new game drew new pictures since they were read here
+                    raise ProtocolError(exc.code, exc.message, seq) from None
+        raise ProtocolError("stale_round", f"round {round_no} is not this room's round", seq)
 
     def draft(self, pid: str, msg: dict) -> dict:
         seq, code, round_no = msg["seq"], self._code(msg), msg["round"]
         caption = self.game.caption(msg["caption"], seq)
         if not self.store.take_token(f"drafts:{pid}", *self.game.draft_rate):
             raise ProtocolError("slow_down", "slow down: too many drafts at once", seq)
-        target = self._round_target(code, round_no, seq)
+        self._round_target(code, round_no, seq)  # refused before the tokenizer, as always
         caption = self.game.tokens(caption, seq)
-        score = self.game.score_target(target, caption, self.stream(pid, code), seq)
-        try:
-            sent = self.rooms.draft(code, pid, round_no, score, caption)
-        except RoomError as exc:
-            raise ProtocolError(exc.code, exc.message, seq) from None
+        score, sent = self._record(pid, code, round_no, caption, seq)
         if not sent:  # inside the throttle window: this process's ticker sends the bars when it ends
             with self._pending_lock:
                 self.pending_bars.add(code)
@@ -228,13 +246,9 @@ class Rooms:
         code, round_no = self._code(msg), msg["round"]
         caption = self.game.caption(msg["caption"])
         self._limit(pid)
-        target = self._round_target(code, round_no)
+        self._round_target(code, round_no)  # refused before the tokenizer, as always
         caption = self.game.tokens(caption)
-        score = self.game.score_target(target, caption, self.stream(pid, code))
-        try:
-            self.rooms.draft(code, pid, round_no, score, caption, lock=True)
-        except RoomError as exc:
-            raise ProtocolError(exc.code, exc.message) from None
+        score, _ = self._record(pid, code, round_no, caption, lock=True)
 
         def end_if_everyone_locked(room: Room):
             playing = room.playing()

@@ -271,18 +271,27 @@ class RoomStore:
                                         self.limits.ttl_empty_s]))
 
     # -- rounds -------------------------------------------------------------------------------------
-    def draft(self, code: str, pid: str, round_no: int, score: float, caption: str, *, lock: bool = False) -> bool:
-        """Record a scored draft (or a lock-in) in the running round; True when the bars went out now."""
+    def draft(self, code: str, pid: str, round_no: int, score: float, caption: str, *, lock: bool = False,
+              target: str = "") -> bool:
+        """Record a scored draft (or a lock-in) in the running round; True when the bars went out now.
+
+        `target`: the picture the score is against. When given, the script records nothing unless it
+        is still the round's picture (RoomError "moved": a new game drew new pictures meanwhile), so a
+        process may score against pictures it remembers instead of reading them before every draft.
+        """
         reply = self._draft(keys=[self.key(code), self.key(code, "members"), self.key(code, "round"),
                                   self.key(code, "bars"), self.key(code, "bar_lock"), self.key(code, "bar_pending")],
                             args=[pid, int(round_no), repr(float(score)), caption, self.now_ms(),
-                                  "1" if lock else "0", self.channel(code), self.limits.bar_window_ms, code])
+                                  "1" if lock else "0", self.channel(code), self.limits.bar_window_ms, code, target])
         status = reply[0].decode()
         if status == "ok":
             return bool(reply[1])
+        if status == "phase" and not reply[1]:
+            raise RoomError("unknown_room", f"there is no room {code} (it may have expired)")
         messages = {
             "phase": ("no_round", "no round is running in this room right now"),
             "stale": ("stale_round", "that round is over; the room is on another round now"),
+            "moved": ("moved", "the room started a new game with other pictures"),
             "over": ("round_over", "time is up for this round (the server's clock decides)"),
             "not_member": ("not_in_room", "join the room first"),
             "not_playing": ("not_playing", "you are watching this round; you play from the next one"),

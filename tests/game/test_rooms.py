@@ -371,6 +371,66 @@ def test_bar_throttle_holds_back_and_flushes(app, archive, redis_client):
     pubsub.close()
 
 
+def test_a_draft_is_recorded_only_against_the_rounds_own_picture(app, archive, redis_client):
+    """room_draft.lua checks the picture a score was computed against: a process that remembered the
+    pictures of an earlier game can never record a score against the wrong one."""
+    from game.store.rooms import RoomError
+    rooms = app.extensions["rooms"].rooms
+    pool = app.extensions["rooms"].picture_pool("archive")
+    code = rooms.create("player-host-abcdef", rounds=1, seconds=60, source="archive", pictures=pool)
+    rooms.join(code, "player-host-abcdef", "pubhost", "Hosty")
+    rooms.transact(code, lambda room: rooms.start_round(room))
+    picture = json.loads(redis_client.hget(rooms.key(code), "pictures"))[0]
+    other = next(t for t in pool if t != picture)
+    with pytest.raises(RoomError) as moved:
+        rooms.draft(code, "player-host-abcdef", 1, 0.5, "a cat", target=other)
+    assert moved.value.code == "moved"
+    assert redis_client.hlen(rooms.key(code, "round")) == 0 and redis_client.hlen(rooms.key(code, "bars")) == 0
+    rooms.draft(code, "player-host-abcdef", 1, 0.25, "a cat", target=picture)
+    assert json.loads(redis_client.hget(rooms.key(code, "round"), "player-host-abcdef"))["score"] == "0.25"
+    with pytest.raises(RoomError) as gone:
+        rooms.draft("ZZZZZ", "player-host-abcdef", 1, 0.5, "a cat", target=picture)
+    assert gone.value.code == "unknown_room"
+
+
+def test_drafts_read_the_pictures_once_per_game_and_follow_a_new_game(app, archive, redis_client, monkeypatch):
+    """A process reads a room's pictures on its first draft there, not on every keystroke; when a new game
+    has drawn other pictures, the next draft is scored again against the new round's picture."""
+    room_api, game = app.extensions["rooms"], app.extensions["game"]
+    rooms = room_api.rooms
+    pid = "player-host-abcdef"
+    app.extensions["store"].set_nickname(pid, "Hosty")
+    code = room_api.create(pid, {"rounds": 1, "seconds": 60, "source": "archive"})["room"]
+    rooms.transact(code, lambda room: rooms.start_round(room))
+    first = json.loads(redis_client.hget(rooms.key(code), "pictures"))[0]
+    reads = []
+    real_hget = redis_client.hget
+
+    def counting_hget(key, field):
+        if field == "pictures":
+            reads.append(key)
+        return real_hget(key, field)
+
+    monkeypatch.setattr(room_api.store.r, "hget", counting_hget)
+    for seq, caption in enumerate(("a red", "a red square", "a red square here"), start=1):
+        reply = room_api.draft(pid, {"seq": seq, "room": code, "round": 1, "caption": caption})
+        assert reply["score"] == pytest.approx(game.score_target(first, caption, "check"), abs=1e-5)
+    assert len(reads) == 1
+
+    # Play again and a new first round, as another process might do it: round 1 shows another picture.
+    second = next(t for t in room_api.picture_pool("archive") if t != first)
+    redis_client.hset(rooms.key(code), "pictures", json.dumps([second]))
+    redis_client.delete(rooms.key(code, "round"), rooms.key(code, "bars"))  # as a new round starts empty
+    reply = room_api.draft(pid, {"seq": 4, "room": code, "round": 1, "caption": "a blue sky"})
+    expected = game.score_target(second, "a blue sky", "check")
+    assert reply["score"] == pytest.approx(expected, abs=1e-5)
+    recorded = json.loads(real_hget(rooms.key(code, "round"), pid))
+    assert float(recorded["score"]) == pytest.approx(expected, abs=1e-5)
+    pub = json.loads(real_hget(rooms.key(code, "members"), pid))["pub"]
+    assert float(real_hget(rooms.key(code, "bars"), pub)) == pytest.approx(expected, abs=1e-5)
+    assert len(reads) == 2  # read again once, for the new game
+
+
 def test_a_held_back_bar_reaches_the_others_when_the_window_ends(tmp_path, redis_url, redis_client, clock):
     """One draft inside the throttle window and nothing after: the others still get that bar, from the
     window's end (the ticker's flush), not only when some later draft comes along."""
