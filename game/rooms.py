@@ -250,13 +250,21 @@ class Rooms:
         caption = self.game.tokens(caption)
         score, _ = self._record(pid, code, round_no, caption, lock=True)
 
+        def everyone_locked(room: Optional[Room]) -> bool:
+            playing = room.playing() if room is not None else []
+            return bool(room is not None and room.phase == "round" and room.number == round_no and playing
+                        and all(room.round.get(p, {}).get("locked") for p in playing))
+
         def end_if_everyone_locked(room: Room):
-            playing = room.playing()
-            if room.phase == "round" and room.number == round_no and playing and all(
-                    room.round.get(p, {}).get("locked") for p in playing):
+            if everyone_locked(room):
                 self.rooms.end_round(room, target_info=self.target_info)
 
-        self._transact(code, end_if_everyone_locked)
+        # The transaction (WATCH, the whole room read and written back, retried whenever a draft lands
+        # meanwhile) only when a cheap read says this was the last lock-in: it was most of a web worker's
+        # busy time while rooms locked in under bench/rooms_load.py. Each lock-in is recorded before its
+        # check, so whoever locks in last sees everyone locked and ends the round.
+        if everyone_locked(self.rooms.round_view(code)):
+            self._transact(code, end_if_everyone_locked)
         self.publish(code)
         return {"type": "room_locked", "room": code, "round": round_no, "caption": caption, "score": round(score, 6)}
 

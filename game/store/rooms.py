@@ -169,6 +169,20 @@ class RoomStore:
                     totals={k.decode(): int(v) for k, v in c.hgetall(self.key(code, "totals")).items()},
                     online={k.decode(): int(v) for k, v in c.hgetall(self.key(code, "online")).items()})
 
+    def round_view(self, code: str) -> Optional[Room]:
+        """The room's phase, round, seats and round entries in one round trip, without a transaction
+        (no totals, no presence): for checks that only decide whether a transaction is worth running."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.key(code), "phase", "round")
+        pipe.hgetall(self.key(code, "members"))
+        pipe.hgetall(self.key(code, "round"))
+        (phase, number), members, entries = pipe.execute()
+        if phase is None:
+            return None
+        return Room(code=code, meta={"phase": phase.decode(), "round": (number or b"0").decode()},
+                    members={k.decode(): json.loads(v) for k, v in members.items()},
+                    round={k.decode(): json.loads(v) for k, v in entries.items()}, totals={}, online={})
+
     def results(self, code: str) -> list[dict]:
         return [json.loads(r) for r in self.r.lrange(self.key(code, "results"), 0, -1)]
 

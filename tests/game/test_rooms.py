@@ -431,6 +431,31 @@ def test_drafts_read_the_pictures_once_per_game_and_follow_a_new_game(app, archi
     assert len(reads) == 2  # read again once, for the new game
 
 
+def test_only_the_last_lock_in_runs_the_round_ending_transaction(app, archive, redis_client, monkeypatch):
+    """A lock-in that leaves someone still writing records itself and publishes, without the WATCHed
+    read-and-rewrite of the whole room; the last one ends the round at once, as before."""
+    room_api, store = app.extensions["rooms"], app.extensions["store"]
+    rooms = room_api.rooms
+    host, ann = "player-host-abcdef", "player-ann-abcdef"
+    store.set_nickname(host, "Hosty")
+    store.set_nickname(ann, "Ann")
+    code = room_api.create(host, {"rounds": 1, "seconds": 60, "source": "archive"})["room"]
+    room_api.join(ann, {"room": code})
+    room_api.host_action(host, {"type": "room_start", "room": code})
+    transactions = []
+    real = rooms.transact
+    monkeypatch.setattr(rooms, "transact", lambda c, change: transactions.append(c) or real(c, change))
+    locked = room_api.lock(host, {"room": code, "round": 1, "caption": "a green field"})
+    assert locked["type"] == "room_locked" and transactions == []
+    assert room_api.state(code)["phase"] == "round"
+    assert [p["locked"] for p in room_api.state(code)["players"]] == [True, False]
+    room_api.lock(ann, {"room": code, "round": 1, "caption": "a red square"})
+    assert transactions == [code]
+    reveal = room_api.state(code)
+    assert reveal["phase"] == "over" and {e["caption"] for e in reveal["result"]["entries"]} == {
+        "a green field", "a red square"}
+
+
 def test_a_held_back_bar_reaches_the_others_when_the_window_ends(tmp_path, redis_url, redis_client, clock):
     """One draft inside the throttle window and nothing after: the others still get that bar, from the
     window's end (the ticker's flush), not only when some later draft comes along."""
