@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Optional
 
 from engine.embeddings import LRUCache
@@ -52,7 +53,9 @@ class Rooms:
         self.game, self.store = game, game.store
         self.rooms = RoomStore(self.store.r, self.store.now, limits)
         self._starter: Optional[set] = None  # starter photo target ids (the manifest never changes at run time)
-        self.pending_bars: set[str] = set()  # rooms whose last drafts here await the end of a throttle window
+        # Rooms whose last drafts here await the end of a throttle window -> when it ends (time.monotonic()):
+        # the ticker asks Redis then, not every FLUSH_S (most of those asks were "not yet", a round trip each).
+        self.pending_bars: dict[str, float] = {}
         # Room code -> its game's pictures, as last read here. A draft scores against the remembered
         # picture and room_draft.lua records it only if that is still the round's picture ("moved"
         # otherwise: read again, score again), which saves a Redis round trip on every keystroke.
@@ -209,7 +212,10 @@ class Rooms:
             target = self._round_target(code, round_no, seq, fresh=attempt > 0)
             score = self.game.score_target(target, caption, self.stream(pid, code), seq)
             try:
-                return score, self.rooms.draft(code, pid, round_no, score, caption, lock=lock, target=target)
+                sent, wait_ms = self.rooms.draft_when(code, pid, round_no, score, caption, lock=lock, target=target)
+                if not sent and not lock:  # inside the throttle window: this process's ticker sends the bars
+                    self._hold_bars(code, wait_ms)  # when it ends (a lock-in's own snapshot carries the bars)
+                return score, sent
             except RoomError as exc:
                 if exc.code != "moved":  # moved: a new game drew new pictures since they were read here
                     raise ProtocolError(exc.code, exc.message, seq) from None
@@ -222,20 +228,25 @@ class Rooms:
             raise ProtocolError("slow_down", "slow down: too many drafts at once", seq)
         self._round_target(code, round_no, seq)  # refused before the tokenizer, as always
         caption = self.game.tokens(caption, seq)
-        score, sent = self._record(pid, code, round_no, caption, seq)
-        if not sent:  # inside the throttle window: this process's ticker sends the bars when it ends
-            with self._pending_lock:
-                self.pending_bars.add(code)
+        score, _ = self._record(pid, code, round_no, caption, seq)
         return {"type": "room_score", "seq": seq, "room": code, "round": round_no, "score": round(score, 6)}
+
+    def _hold_bars(self, code: str, wait_ms: int) -> None:
+        due = time.monotonic() + wait_ms / 1000
+        with self._pending_lock:
+            self.pending_bars[code] = min(due, self.pending_bars.get(code, due))
 
     def flush_pending_bars(self) -> None:
         """Send the bars of rooms whose drafts fell inside a throttle window, once the window allows."""
+        now = time.monotonic()
         with self._pending_lock:
-            codes, self.pending_bars = self.pending_bars, set()
+            codes = [code for code, due in self.pending_bars.items() if due <= now]
+            for code in codes:
+                del self.pending_bars[code]
         for code in codes:
-            if self.rooms.flush_bars(code) == 2:
-                with self._pending_lock:
-                    self.pending_bars.add(code)
+            status, wait_ms = self.rooms.flush_bars_when(code)
+            if status == 2:  # another process's draft opened a new window meanwhile
+                self._hold_bars(code, wait_ms)
 
     @staticmethod
     def stream(pid: str, code: str) -> str:
@@ -325,13 +336,27 @@ class Rooms:
         Any process with sockets in the room calls it a few times a second (game/web/rooms.py);
         the transaction makes sure only one of them ends each round.
         """
-        phase, ends_at, host_left = self.store.r.hmget(self.rooms.key(code), "phase", "ends_at", "host_left")
+        return self._timer_due(self.store.r.hmget(self.rooms.key(code), *self._TIMER_FIELDS)) and self._tick(code)
+
+    _TIMER_FIELDS = ("phase", "ends_at", "host_left")
+
+    def tick_all(self, codes: list[str]) -> list[str]:
+        """`tick` for every room a process watches, their timers read in one round trip (the ticker's
+        pass, every TICK_S: one HMGET per room per pass was a round trip each); the rooms changed."""
+        pipe = self.store.r.pipeline(transaction=False)
+        for code in codes:
+            pipe.hmget(self.rooms.key(code), *self._TIMER_FIELDS)
+        return [code for code, fields in zip(codes, pipe.execute()) if self._timer_due(fields) and self._tick(code)]
+
+    def _timer_due(self, fields) -> bool:
+        phase, ends_at, host_left = fields
         now = self.rooms.now_ms()
         due = phase == b"round" and now >= int(ends_at or 0)
         gone = host_left is not None and now - int(host_left) >= self.rooms.limits.host_grace_ms
-        if not (due or gone):
-            return False
+        return due or gone
 
+    def _tick(self, code: str) -> bool:
+        """(A timer is due) end the round or hand on the host role in a transaction; True if changed."""
         def change(room: Room):
             changed = False
             if room.phase == "round" and self.rooms.now_ms() >= int(room.meta["ends_at"]):

@@ -287,7 +287,12 @@ class RoomStore:
     # -- rounds -------------------------------------------------------------------------------------
     def draft(self, code: str, pid: str, round_no: int, score: float, caption: str, *, lock: bool = False,
               target: str = "") -> bool:
-        """Record a scored draft (or a lock-in) in the running round; True when the bars went out now.
+        """Record a scored draft (or a lock-in) in the running round; True when the bars went out now."""
+        return self.draft_when(code, pid, round_no, score, caption, lock=lock, target=target)[0]
+
+    def draft_when(self, code: str, pid: str, round_no: int, score: float, caption: str, *, lock: bool = False,
+                   target: str = "") -> tuple[bool, int]:
+        """`draft`, and when the bars were held back, the milliseconds until the throttle window ends.
 
         `target`: the picture the score is against. When given, the script records nothing unless it
         is still the round's picture (RoomError "moved": a new game drew new pictures meanwhile), so a
@@ -299,7 +304,7 @@ class RoomStore:
                                   "1" if lock else "0", self.channel(code), self.limits.bar_window_ms, code, target])
         status = reply[0].decode()
         if status == "ok":
-            return bool(reply[1])
+            return bool(reply[1]), int(reply[2]) if len(reply) > 2 else 0
         if status == "phase" and not reply[1]:
             raise RoomError("unknown_room", f"there is no room {code} (it may have expired)")
         messages = {
@@ -316,9 +321,14 @@ class RoomStore:
 
     def flush_bars(self, code: str) -> int:
         """Publish pending bars if the throttle window allows: 0 nothing pending, 1 sent, 2 try again soon."""
-        return int(self._flush(keys=[self.key(code), self.key(code, "bars"), self.key(code, "bar_lock"),
-                                     self.key(code, "bar_pending")],
-                               args=[self.channel(code), self.limits.bar_window_ms, code]))
+        return self.flush_bars_when(code)[0]
+
+    def flush_bars_when(self, code: str) -> tuple[int, int]:
+        """flush_bars, and with 2 the milliseconds until the window ends (when trying again can succeed)."""
+        status, wait_ms = self._flush(keys=[self.key(code), self.key(code, "bars"), self.key(code, "bar_lock"),
+                                            self.key(code, "bar_pending")],
+                                      args=[self.channel(code), self.limits.bar_window_ms, code])
+        return int(status), int(wait_ms)
 
     def start_round(self, room: Room, picture_pool: Optional[list[str]] = None) -> None:
         """(Inside a transaction) begin the next round on the server's clock."""

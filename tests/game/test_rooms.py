@@ -456,6 +456,57 @@ def test_only_the_last_lock_in_runs_the_round_ending_transaction(app, archive, r
         "a green field", "a red square"}
 
 
+def test_a_held_back_bar_is_asked_for_once_its_window_has_ended(tmp_path, redis_url, redis_client, clock,
+                                                                monkeypatch):
+    """The ticker does not ask Redis every FLUSH_S whether a held-back bar may go: the draft's reply said
+    when the throttle window ends, and the flush is tried from then on."""
+    app = make_app(tmp_path, redis_url, clock, ROOM_BAR_WINDOW_MS=60_000)
+    _archive_for(app, clock)
+    room_api = app.extensions["rooms"]
+    rooms = room_api.rooms
+    pid = "player-host-abcdef"
+    app.extensions["store"].set_nickname(pid, "Hosty")
+    code = room_api.create(pid, {"rounds": 1, "seconds": 60, "source": "archive"})["room"]
+    rooms.transact(code, lambda room: rooms.start_round(room))
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(rooms.channel(code))
+    pubsub.get_message(timeout=1.0)
+    room_api.draft(pid, {"seq": 1, "room": code, "round": 1, "caption": "a field"})  # opens the window
+    assert code not in room_api.pending_bars
+    second = room_api.draft(pid, {"seq": 2, "room": code, "round": 1, "caption": "a red square"})
+    asks = []
+    real = rooms.flush_bars_when
+    monkeypatch.setattr(rooms, "flush_bars_when", lambda c: asks.append(c) or real(c))
+    for _ in range(5):
+        room_api.flush_pending_bars()
+    assert asks == [] and code in room_api.pending_bars  # the window has most of its minute to go
+    redis_client.delete(rooms.key(code, "bar_lock"))  # the window passes...
+    room_api.pending_bars[code] = 0.0  # ...and so does the time this process was told
+    room_api.flush_pending_bars()
+    assert asks == [code] and code not in room_api.pending_bars
+    sent = [json.loads(m["data"]) for m in iter(lambda: pubsub.get_message(timeout=1.0), None)]
+    pub = json.loads(redis_client.hget(rooms.key(code, "members"), pid))["pub"]
+    assert [m["type"] for m in sent] == ["room_bars", "room_bars"]
+    assert sent[-1]["bars"][pub] == pytest.approx(second["score"], abs=1e-5)
+    pubsub.close()
+
+
+def test_the_ticker_pass_ends_only_the_rounds_whose_time_is_up(app, archive, clock):
+    """tick_all reads every watched room's timers in one round trip and ends just the rounds that are due."""
+    room_api = app.extensions["rooms"]
+    rooms = room_api.rooms
+    app.extensions["store"].set_nickname("player-host-abcdef", "Hosty")
+    short = room_api.create("player-host-abcdef", {"rounds": 1, "seconds": 15, "source": "archive"})["room"]
+    long = room_api.create("player-host-abcdef", {"rounds": 1, "seconds": 60, "source": "archive"})["room"]
+    lobby = room_api.create("player-host-abcdef", {"rounds": 1, "seconds": 15, "source": "archive"})["room"]
+    for code in (short, long):
+        rooms.transact(code, lambda room: rooms.start_round(room))
+    assert room_api.tick_all([short, long, lobby]) == []
+    clock.advance(16)
+    assert room_api.tick_all([short, long, lobby, "ZZZZZ"]) == [short]
+    assert [room_api.state(c)["phase"] for c in (short, long, lobby)] == ["over", "round", "lobby"]
+
+
 def test_a_held_back_bar_reaches_the_others_when_the_window_ends(tmp_path, redis_url, redis_client, clock):
     """One draft inside the throttle window and nothing after: the others still get that bar, from the
     window's end (the ticker's flush), not only when some later draft comes along."""

@@ -6,7 +6,8 @@
 -- ARGV: 1 player id, 2 round number, 3 score (text), 4 caption, 5 now (ms, the store's clock),
 --       6 "1" to lock in, 7 pub/sub channel, 8 throttle window (ms), 9 room code,
 --       10 the target id the caption was scored against ('' to skip that check)
--- Returns {"ok", sent} (sent: 1 when the bars were published now, 0 when a flush is pending),
+-- Returns {"ok", sent, ms} (sent: 1 when the bars were published now, 0 when a flush is pending,
+-- ms: then when the window ends),
 -- or {code, detail}: "phase" (no round running; detail '' when there is no room at all), "stale"
 -- (another round runs), "moved" (the round's picture is not ARGV[10]: a new game drew new pictures
 -- since the web process read them, so the score is against the wrong picture and nothing is recorded),
@@ -45,4 +46,4 @@ if redis.call('SET', KEYS[5], '1', 'NX', 'PX', tonumber(ARGV[8])) then
   return {'ok', 1}
 end
 redis.call('SET', KEYS[6], '1', 'PX', 60000)
-return {'ok', 0}
+return {'ok', 0, math.max(redis.call('PTTL', KEYS[5]), 0)}
