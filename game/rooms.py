@@ -200,8 +200,7 @@ class Rooms:
             if raw is None:
                 raise ProtocolError("unknown_room", f"there is no room {code} (it may have expired)", seq)
             pictures = json.loads(raw)
-            if pictures:  # a lobby's "[]" is not worth remembering: the first round draws the pictures
-                self._pictures.put(code, pictures)
+            self._pictures.put(code, pictures)  # (a lobby's [] too: it holds no round, so it is read again)
         if not 1 <= round_no <= len(pictures):
             raise ProtocolError("stale_round", f"round {round_no} is not this room's round", seq)
         return pictures[round_no - 1]
@@ -217,8 +216,11 @@ class Rooms:
                     self._hold_bars(code, wait_ms)  # when it ends (a lock-in's own snapshot carries the bars)
                 return score, sent
             except RoomError as exc:
-                if exc.code != "moved":  # moved: a new game drew new pictures since they were read here
-                    raise ProtocolError(exc.code, exc.message, seq) from None
+                if exc.code == "moved":  # a new game drew new pictures since they were read here
+                    continue
+                if exc.code == "no_round" and attempt == 0:  # perhaps a new game's lobby, which has no
+                    self._round_target(code, round_no, seq, fresh=True)  # pictures: stale_round, as a read says
+                raise ProtocolError(exc.code, exc.message, seq) from None
         raise ProtocolError("stale_round", f"round {round_no} is not this room's round", seq)
 
     def draft(self, pid: str, msg: dict) -> dict:

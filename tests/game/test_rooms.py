@@ -396,6 +396,7 @@ def test_a_draft_is_recorded_only_against_the_rounds_own_picture(app, archive, r
 def test_drafts_read_the_pictures_once_per_game_and_follow_a_new_game(app, archive, redis_client, monkeypatch):
     """A process reads a room's pictures on its first draft there, not on every keystroke; when a new game
     has drawn other pictures, the next draft is scored again against the new round's picture."""
+    from game.service import ProtocolError
     room_api, game = app.extensions["rooms"], app.extensions["game"]
     rooms = room_api.rooms
     pid = "player-host-abcdef"
@@ -429,6 +430,12 @@ def test_drafts_read_the_pictures_once_per_game_and_follow_a_new_game(app, archi
     pub = json.loads(real_hget(rooms.key(code, "members"), pid))["pub"]
     assert float(real_hget(rooms.key(code, "bars"), pub)) == pytest.approx(expected, abs=1e-5)
     assert len(reads) == 2  # read again once, for the new game
+
+    # Play again, back in the lobby (no pictures drawn yet): a draft is a stale round, as it always was.
+    redis_client.hset(rooms.key(code), mapping={"phase": "lobby", "round": 0, "pictures": "[]"})
+    with pytest.raises(ProtocolError) as stale:
+        room_api.draft(pid, {"seq": 5, "room": code, "round": 1, "caption": "a blue sky again"})
+    assert stale.value.code == "stale_round"
 
 
 def test_only_the_last_lock_in_runs_the_round_ending_transaction(app, archive, redis_client, monkeypatch):
