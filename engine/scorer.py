@@ -257,7 +257,7 @@ class Scorer:
         # Caption text -> token key. A live draft is checked (validate_caption, before it may queue) and
         # then scored (embed_text): without this both tokenize the same text, and the tokenizer's
         # regex and BPE were a fifth of a web worker's busy time under bench/rooms_load.py.
-        self._keys: LRUCache[tuple[int, ...]] = LRUCache(KEY_CACHE_ENTRIES)
+        self._token_keys: LRUCache[tuple[int, ...]] = LRUCache(KEY_CACHE_ENTRIES)
         self._streams: LRUCache[Prefix] = LRUCache(stream_cache_size, int(stream_cache_mb * 2 ** 20),
                                                    size_of=lambda p: p.nbytes)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -397,7 +397,7 @@ class Scorer:
             self._stats[name] += n
 
     def _key(self, text: str) -> tuple[int, ...]:
-        key = self._keys.get(text)
+        key = self._token_keys.get(text)
         if key is not None:  # only keys that passed the checks below are kept
             return key
         try:
@@ -406,7 +406,7 @@ class Scorer:
             raise CaptionError("The caption contains characters that cannot be read.") from exc
         if self.encoder.is_empty(key):
             raise CaptionError("Please write a caption: it has no words the judge can read.")
-        self._keys.put(text, key)
+        self._token_keys.put(text, key)
         return key
 
     def _yield_to_live(self) -> None:
