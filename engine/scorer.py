@@ -52,6 +52,7 @@ _ALLOWED_CONTROLS = frozenset("\t\n\r")  # whitespace the tokenizer folds into a
 BULK_CHUNK = 64  # embed_texts encodes at most this many captions per compute-lock hold
 BULK_YIELD_S = 1.0  # between chunks, bulk work lets waiting live batches go first, for at most this long
 BATCH_WINDOW_CAP = 5  # a batch waits at most this many windows after its first request
+KEY_CACHE_ENTRIES = 1024  # recent captions' token keys: a draft is tokenized once, not at its check and again at scoring
 
 
 class CaptionError(ValueError):
@@ -253,6 +254,10 @@ class Scorer:
         self.precision = precision
         self.embed_dim = int(clip.embed_dim)
         self._captions: LRUCache[np.ndarray] = LRUCache(cache_size)
+        # Caption text -> token key. A live draft is checked (validate_caption, before it may queue) and
+        # then scored (embed_text): without this both tokenize the same text, and the tokenizer's
+        # regex and BPE were a fifth of a web worker's busy time under bench/rooms_load.py.
+        self._token_keys: LRUCache[tuple[int, ...]] = LRUCache(KEY_CACHE_ENTRIES)
         self._streams: LRUCache[Prefix] = LRUCache(stream_cache_size, int(stream_cache_mb * 2 ** 20),
                                                    size_of=lambda p: p.nbytes)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -426,12 +431,16 @@ class Scorer:
             self._stats[name] += n
 
     def _key(self, text: str) -> tuple[int, ...]:
+        key = self._token_keys.get(text)
+        if key is not None:  # only keys that passed the checks below are kept
+            return key
         try:
             key = self.encoder.key(text)
         except Exception as exc:  # the tokenizer choked on something validation let through
             raise CaptionError("The caption contains characters that cannot be read.") from exc
         if self.encoder.is_empty(key):
             raise CaptionError("Please write a caption: it has no words the judge can read.")
+        self._token_keys.put(text, key)
         return key
 
     def _keys(self, captions: Sequence[str]) -> list[tuple[int, ...]]:

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Optional
 
+from engine.embeddings import LRUCache
 from game.service import ProtocolError, public_id
 from game.store.rooms import (MAX_ROUNDS, ROUND_SECONDS, SOURCES, Room, RoomError, RoomLimits, RoomStore)
 
@@ -51,7 +53,13 @@ class Rooms:
         self.game, self.store = game, game.store
         self.rooms = RoomStore(self.store.r, self.store.now, limits)
         self._starter: Optional[set] = None  # starter photo target ids (the manifest never changes at run time)
-        self.pending_bars: set[str] = set()  # rooms whose last drafts here await the end of a throttle window
+        # Rooms whose last drafts here await the end of a throttle window -> when it ends (time.monotonic()):
+        # the ticker asks Redis then, not every FLUSH_S (most of those asks were "not yet", a round trip each).
+        self.pending_bars: dict[str, float] = {}
+        # Room code -> its game's pictures, as last read here. A draft scores against the remembered
+        # picture and room_draft.lua records it only if that is still the round's picture ("moved"
+        # otherwise: read again, score again), which saves a Redis round trip on every keystroke.
+        self._pictures: LRUCache[list] = LRUCache(1024)
         self._pending_lock = threading.Lock()
 
     # -- pictures -----------------------------------------------------------------------------------
@@ -184,40 +192,63 @@ class Rooms:
                                   "locked": bool(mine.get("locked"))}}
         return code, {"type": "room_joined", "room": code, "you": you, "resumed": resumed}
 
-    def _round_target(self, code: str, round_no: int, seq=None) -> str:
-        raw = self.store.r.hget(self.rooms.key(code), "pictures")
-        if raw is None:
-            raise ProtocolError("unknown_room", f"there is no room {code} (it may have expired)", seq)
-        pictures = json.loads(raw)
+    def _round_target(self, code: str, round_no: int, seq=None, fresh: bool = False) -> str:
+        """The round's picture: remembered (checked again when the draft is recorded) or read from Redis."""
+        pictures = None if fresh else self._pictures.get(code)
+        if pictures is None or not 1 <= round_no <= len(pictures):  # unknown here, or maybe a newer game
+            raw = self.store.r.hget(self.rooms.key(code), "pictures")
+            if raw is None:
+                raise ProtocolError("unknown_room", f"there is no room {code} (it may have expired)", seq)
+            pictures = json.loads(raw)
+            self._pictures.put(code, pictures)  # (a lobby's [] too: it holds no round, so it is read again)
         if not 1 <= round_no <= len(pictures):
             raise ProtocolError("stale_round", f"round {round_no} is not this room's round", seq)
         return pictures[round_no - 1]
+
+    def _record(self, pid: str, code: str, round_no: int, caption: str, seq=None, *, lock: bool = False):
+        """Score `caption` against the round's picture and record it; (score, bars sent now)."""
+        for attempt in range(3):
+            target = self._round_target(code, round_no, seq, fresh=attempt > 0)
+            score = self.game.score_target(target, caption, self.stream(pid, code), seq)
+            try:
+                sent, wait_ms = self.rooms.draft_when(code, pid, round_no, score, caption, lock=lock, target=target)
+                if not sent and not lock:  # inside the throttle window: this process's ticker sends the bars
+                    self._hold_bars(code, wait_ms)  # when it ends (a lock-in's own snapshot carries the bars)
+                return score, sent
+            except RoomError as exc:
+                if exc.code == "moved":  # a new game drew new pictures since they were read here
+                    continue
+                if exc.code == "no_round" and attempt == 0:  # perhaps a new game's lobby, which has no
+                    self._round_target(code, round_no, seq, fresh=True)  # pictures: stale_round, as a read says
+                raise ProtocolError(exc.code, exc.message, seq) from None
+        raise ProtocolError("stale_round", f"round {round_no} is not this room's round", seq)
 
     def draft(self, pid: str, msg: dict) -> dict:
         seq, code, round_no = msg["seq"], self._code(msg), msg["round"]
         caption = self.game.caption(msg["caption"], seq)
         if not self.store.take_token(f"drafts:{pid}", *self.game.draft_rate):
             raise ProtocolError("slow_down", "slow down: too many drafts at once", seq)
-        target = self._round_target(code, round_no, seq)
+        self._round_target(code, round_no, seq)  # refused before the tokenizer, as always
         caption = self.game.tokens(caption, seq)
-        score = self.game.score_target(target, caption, self.stream(pid, code), seq)
-        try:
-            sent = self.rooms.draft(code, pid, round_no, score, caption)
-        except RoomError as exc:
-            raise ProtocolError(exc.code, exc.message, seq) from None
-        if not sent:  # inside the throttle window: this process's ticker sends the bars when it ends
-            with self._pending_lock:
-                self.pending_bars.add(code)
+        score, _ = self._record(pid, code, round_no, caption, seq)
         return {"type": "room_score", "seq": seq, "room": code, "round": round_no, "score": round(score, 6)}
+
+    def _hold_bars(self, code: str, wait_ms: int) -> None:
+        due = time.monotonic() + wait_ms / 1000
+        with self._pending_lock:
+            self.pending_bars[code] = min(due, self.pending_bars.get(code, due))
 
     def flush_pending_bars(self) -> None:
         """Send the bars of rooms whose drafts fell inside a throttle window, once the window allows."""
+        now = time.monotonic()
         with self._pending_lock:
-            codes, self.pending_bars = self.pending_bars, set()
+            codes = [code for code, due in self.pending_bars.items() if due <= now]
+            for code in codes:
+                del self.pending_bars[code]
         for code in codes:
-            if self.rooms.flush_bars(code) == 2:
-                with self._pending_lock:
-                    self.pending_bars.add(code)
+            status, wait_ms = self.rooms.flush_bars_when(code)
+            if status == 2:  # another process's draft opened a new window meanwhile
+                self._hold_bars(code, wait_ms)
 
     @staticmethod
     def stream(pid: str, code: str) -> str:
@@ -228,21 +259,25 @@ class Rooms:
         code, round_no = self._code(msg), msg["round"]
         caption = self.game.caption(msg["caption"])
         self._limit(pid)
-        target = self._round_target(code, round_no)
+        self._round_target(code, round_no)  # refused before the tokenizer, as always
         caption = self.game.tokens(caption)
-        score = self.game.score_target(target, caption, self.stream(pid, code))
-        try:
-            self.rooms.draft(code, pid, round_no, score, caption, lock=True)
-        except RoomError as exc:
-            raise ProtocolError(exc.code, exc.message) from None
+        score, _ = self._record(pid, code, round_no, caption, lock=True)
+
+        def everyone_locked(room: Optional[Room]) -> bool:
+            playing = room.playing() if room is not None else []
+            return bool(room is not None and room.phase == "round" and room.number == round_no and playing
+                        and all(room.round.get(p, {}).get("locked") for p in playing))
 
         def end_if_everyone_locked(room: Room):
-            playing = room.playing()
-            if room.phase == "round" and room.number == round_no and playing and all(
-                    room.round.get(p, {}).get("locked") for p in playing):
+            if everyone_locked(room):
                 self.rooms.end_round(room, target_info=self.target_info)
 
-        self._transact(code, end_if_everyone_locked)
+        # The transaction (WATCH, the whole room read and written back, retried whenever a draft lands
+        # meanwhile) only when a cheap read says this was the last lock-in: it was most of a web worker's
+        # busy time while rooms locked in under bench/rooms_load.py. Each lock-in is recorded before its
+        # check, so whoever locks in last sees everyone locked and ends the round.
+        if everyone_locked(self.rooms.round_view(code)):
+            self._transact(code, end_if_everyone_locked)
         self.publish(code)
         return {"type": "room_locked", "room": code, "round": round_no, "caption": caption, "score": round(score, 6)}
 
@@ -303,13 +338,27 @@ class Rooms:
         Any process with sockets in the room calls it a few times a second (game/web/rooms.py);
         the transaction makes sure only one of them ends each round.
         """
-        phase, ends_at, host_left = self.store.r.hmget(self.rooms.key(code), "phase", "ends_at", "host_left")
+        return self._timer_due(self.store.r.hmget(self.rooms.key(code), *self._TIMER_FIELDS)) and self._tick(code)
+
+    _TIMER_FIELDS = ("phase", "ends_at", "host_left")
+
+    def tick_all(self, codes: list[str]) -> list[str]:
+        """`tick` for every room a process watches, their timers read in one round trip (the ticker's
+        pass, every TICK_S: one HMGET per room per pass was a round trip each); the rooms changed."""
+        pipe = self.store.r.pipeline(transaction=False)
+        for code in codes:
+            pipe.hmget(self.rooms.key(code), *self._TIMER_FIELDS)
+        return [code for code, fields in zip(codes, pipe.execute()) if self._timer_due(fields) and self._tick(code)]
+
+    def _timer_due(self, fields) -> bool:
+        phase, ends_at, host_left = fields
         now = self.rooms.now_ms()
         due = phase == b"round" and now >= int(ends_at or 0)
         gone = host_left is not None and now - int(host_left) >= self.rooms.limits.host_grace_ms
-        if not (due or gone):
-            return False
+        return due or gone
 
+    def _tick(self, code: str) -> bool:
+        """(A timer is due) end the round or hand on the host role in a transaction; True if changed."""
         def change(room: Room):
             changed = False
             if room.phase == "round" and self.rooms.now_ms() >= int(room.meta["ends_at"]):

@@ -169,6 +169,20 @@ class RoomStore:
                     totals={k.decode(): int(v) for k, v in c.hgetall(self.key(code, "totals")).items()},
                     online={k.decode(): int(v) for k, v in c.hgetall(self.key(code, "online")).items()})
 
+    def round_view(self, code: str) -> Optional[Room]:
+        """The room's phase, round, seats and round entries in one round trip, without a transaction
+        (no totals, no presence): for checks that only decide whether a transaction is worth running."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.key(code), "phase", "round")
+        pipe.hgetall(self.key(code, "members"))
+        pipe.hgetall(self.key(code, "round"))
+        (phase, number), members, entries = pipe.execute()
+        if phase is None:
+            return None
+        return Room(code=code, meta={"phase": phase.decode(), "round": (number or b"0").decode()},
+                    members={k.decode(): json.loads(v) for k, v in members.items()},
+                    round={k.decode(): json.loads(v) for k, v in entries.items()}, totals={}, online={})
+
     def results(self, code: str) -> list[dict]:
         return [json.loads(r) for r in self.r.lrange(self.key(code, "results"), 0, -1)]
 
@@ -271,18 +285,32 @@ class RoomStore:
                                         self.limits.ttl_empty_s]))
 
     # -- rounds -------------------------------------------------------------------------------------
-    def draft(self, code: str, pid: str, round_no: int, score: float, caption: str, *, lock: bool = False) -> bool:
+    def draft(self, code: str, pid: str, round_no: int, score: float, caption: str, *, lock: bool = False,
+              target: str = "") -> bool:
         """Record a scored draft (or a lock-in) in the running round; True when the bars went out now."""
+        return self.draft_when(code, pid, round_no, score, caption, lock=lock, target=target)[0]
+
+    def draft_when(self, code: str, pid: str, round_no: int, score: float, caption: str, *, lock: bool = False,
+                   target: str = "") -> tuple[bool, int]:
+        """`draft`, and when the bars were held back, the milliseconds until the throttle window ends.
+
+        `target`: the picture the score is against. When given, the script records nothing unless it
+        is still the round's picture (RoomError "moved": a new game drew new pictures meanwhile), so a
+        process may score against pictures it remembers instead of reading them before every draft.
+        """
         reply = self._draft(keys=[self.key(code), self.key(code, "members"), self.key(code, "round"),
                                   self.key(code, "bars"), self.key(code, "bar_lock"), self.key(code, "bar_pending")],
                             args=[pid, int(round_no), repr(float(score)), caption, self.now_ms(),
-                                  "1" if lock else "0", self.channel(code), self.limits.bar_window_ms, code])
+                                  "1" if lock else "0", self.channel(code), self.limits.bar_window_ms, code, target])
         status = reply[0].decode()
         if status == "ok":
-            return bool(reply[1])
+            return bool(reply[1]), int(reply[2]) if len(reply) > 2 else 0
+        if status == "phase" and not reply[1]:
+            raise RoomError("unknown_room", f"there is no room {code} (it may have expired)")
         messages = {
             "phase": ("no_round", "no round is running in this room right now"),
             "stale": ("stale_round", "that round is over; the room is on another round now"),
+            "moved": ("moved", "the room started a new game with other pictures"),
             "over": ("round_over", "time is up for this round (the server's clock decides)"),
             "not_member": ("not_in_room", "join the room first"),
             "not_playing": ("not_playing", "you are watching this round; you play from the next one"),
@@ -293,9 +321,14 @@ class RoomStore:
 
     def flush_bars(self, code: str) -> int:
         """Publish pending bars if the throttle window allows: 0 nothing pending, 1 sent, 2 try again soon."""
-        return int(self._flush(keys=[self.key(code), self.key(code, "bars"), self.key(code, "bar_lock"),
-                                     self.key(code, "bar_pending")],
-                               args=[self.channel(code), self.limits.bar_window_ms, code]))
+        return self.flush_bars_when(code)[0]
+
+    def flush_bars_when(self, code: str) -> tuple[int, int]:
+        """flush_bars, and with 2 the milliseconds until the window ends (when trying again can succeed)."""
+        status, wait_ms = self._flush(keys=[self.key(code), self.key(code, "bars"), self.key(code, "bar_lock"),
+                                            self.key(code, "bar_pending")],
+                                      args=[self.channel(code), self.limits.bar_window_ms, code])
+        return int(status), int(wait_ms)
 
     def start_round(self, room: Room, picture_pool: Optional[list[str]] = None) -> None:
         """(Inside a transaction) begin the next round on the server's clock."""

@@ -244,8 +244,7 @@ class RoomTicker:
                 self.rooms.flush_pending_bars()
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
-                    for channel in channels:
-                        self.rooms.tick(channel.rsplit(":", 1)[1])
+                    self.rooms.tick_all([channel.rsplit(":", 1)[1] for channel in channels])
             except Exception as exc:  # Redis blipped: keep ticking, the next pass retries
                 log.warning("room ticker: %s", exc)
                 time.sleep(0.5)

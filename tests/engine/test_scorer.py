@@ -39,6 +39,21 @@ def test_embed_text_matches_open_clip(clip, scorer):
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
 
 
+def test_a_checked_draft_is_tokenized_once(clip, scorer, monkeypatch):
+    """Game.tokens checks a draft (validate_caption) and then scores it (embed_text): one tokenization."""
+    calls = []
+    real = scorer.encoder.key
+    monkeypatch.setattr(scorer.encoder, "key", lambda text: calls.append(text) or real(text))
+    text = scorer.validate_caption("  a raccoon driving a tractor ")
+    got = scorer.embed_text(text)
+    assert calls == ["a raccoon driving a tractor"]
+    assert np.abs(got - reference(clip, [text])[0]).max() <= TOL
+    with pytest.raises(CaptionError):  # a refused caption is refused again, not remembered as fine
+        scorer.validate_caption("&nbsp;")
+    with pytest.raises(CaptionError):
+        scorer.validate_caption("&nbsp;")
+
+
 def test_hard_captions_match_open_clip_on_every_path(clip, scorer):
     ref = reference(clip, HARD_CAPTIONS)
     assert np.abs(np.stack([scorer.embed_text(c) for c in HARD_CAPTIONS]) - ref).max() <= TOL

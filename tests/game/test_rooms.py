@@ -371,6 +371,149 @@ def test_bar_throttle_holds_back_and_flushes(app, archive, redis_client):
     pubsub.close()
 
 
+def test_a_draft_is_recorded_only_against_the_rounds_own_picture(app, archive, redis_client):
+    """room_draft.lua checks the picture a score was computed against: a process that remembered the
+    pictures of an earlier game can never record a score against the wrong one."""
+    from game.store.rooms import RoomError
+    rooms = app.extensions["rooms"].rooms
+    pool = app.extensions["rooms"].picture_pool("archive")
+    code = rooms.create("player-host-abcdef", rounds=1, seconds=60, source="archive", pictures=pool)
+    rooms.join(code, "player-host-abcdef", "pubhost", "Hosty")
+    rooms.transact(code, lambda room: rooms.start_round(room))
+    picture = json.loads(redis_client.hget(rooms.key(code), "pictures"))[0]
+    other = next(t for t in pool if t != picture)
+    with pytest.raises(RoomError) as moved:
+        rooms.draft(code, "player-host-abcdef", 1, 0.5, "a cat", target=other)
+    assert moved.value.code == "moved"
+    assert redis_client.hlen(rooms.key(code, "round")) == 0 and redis_client.hlen(rooms.key(code, "bars")) == 0
+    rooms.draft(code, "player-host-abcdef", 1, 0.25, "a cat", target=picture)
+    assert json.loads(redis_client.hget(rooms.key(code, "round"), "player-host-abcdef"))["score"] == "0.25"
+    with pytest.raises(RoomError) as gone:
+        rooms.draft("ZZZZZ", "player-host-abcdef", 1, 0.5, "a cat", target=picture)
+    assert gone.value.code == "unknown_room"
+
+
+def test_drafts_read_the_pictures_once_per_game_and_follow_a_new_game(app, archive, redis_client, monkeypatch):
+    """A process reads a room's pictures on its first draft there, not on every keystroke; when a new game
+    has drawn other pictures, the next draft is scored again against the new round's picture."""
+    from game.service import ProtocolError
+    room_api, game = app.extensions["rooms"], app.extensions["game"]
+    rooms = room_api.rooms
+    pid = "player-host-abcdef"
+    app.extensions["store"].set_nickname(pid, "Hosty")
+    code = room_api.create(pid, {"rounds": 1, "seconds": 60, "source": "archive"})["room"]
+    rooms.transact(code, lambda room: rooms.start_round(room))
+    first = json.loads(redis_client.hget(rooms.key(code), "pictures"))[0]
+    reads = []
+    real_hget = redis_client.hget
+
+    def counting_hget(key, field):
+        if field == "pictures":
+            reads.append(key)
+        return real_hget(key, field)
+
+    monkeypatch.setattr(room_api.store.r, "hget", counting_hget)
+    for seq, caption in enumerate(("a red", "a red square", "a red square here"), start=1):
+        reply = room_api.draft(pid, {"seq": seq, "room": code, "round": 1, "caption": caption})
+        assert reply["score"] == pytest.approx(game.score_target(first, caption, "check"), abs=1e-5)
+    assert len(reads) == 1
+
+    # Play again and a new first round, as another process might do it: round 1 shows another picture.
+    second = next(t for t in room_api.picture_pool("archive") if t != first)
+    redis_client.hset(rooms.key(code), "pictures", json.dumps([second]))
+    redis_client.delete(rooms.key(code, "round"), rooms.key(code, "bars"))  # as a new round starts empty
+    reply = room_api.draft(pid, {"seq": 4, "room": code, "round": 1, "caption": "a blue sky"})
+    expected = game.score_target(second, "a blue sky", "check")
+    assert reply["score"] == pytest.approx(expected, abs=1e-5)
+    recorded = json.loads(real_hget(rooms.key(code, "round"), pid))
+    assert float(recorded["score"]) == pytest.approx(expected, abs=1e-5)
+    pub = json.loads(real_hget(rooms.key(code, "members"), pid))["pub"]
+    assert float(real_hget(rooms.key(code, "bars"), pub)) == pytest.approx(expected, abs=1e-5)
+    assert len(reads) == 2  # read again once, for the new game
+
+    # Play again, back in the lobby (no pictures drawn yet): a draft is a stale round, as it always was.
+    redis_client.hset(rooms.key(code), mapping={"phase": "lobby", "round": 0, "pictures": "[]"})
+    with pytest.raises(ProtocolError) as stale:
+        room_api.draft(pid, {"seq": 5, "room": code, "round": 1, "caption": "a blue sky again"})
+    assert stale.value.code == "stale_round"
+
+
+def test_only_the_last_lock_in_runs_the_round_ending_transaction(app, archive, redis_client, monkeypatch):
+    """A lock-in that leaves someone still writing records itself and publishes, without the WATCHed
+    read-and-rewrite of the whole room; the last one ends the round at once, as before."""
+    room_api, store = app.extensions["rooms"], app.extensions["store"]
+    rooms = room_api.rooms
+    host, ann = "player-host-abcdef", "player-ann-abcdef"
+    store.set_nickname(host, "Hosty")
+    store.set_nickname(ann, "Ann")
+    code = room_api.create(host, {"rounds": 1, "seconds": 60, "source": "archive"})["room"]
+    room_api.join(ann, {"room": code})
+    room_api.host_action(host, {"type": "room_start", "room": code})
+    transactions = []
+    real = rooms.transact
+    monkeypatch.setattr(rooms, "transact", lambda c, change: transactions.append(c) or real(c, change))
+    locked = room_api.lock(host, {"room": code, "round": 1, "caption": "a green field"})
+    assert locked["type"] == "room_locked" and transactions == []
+    assert room_api.state(code)["phase"] == "round"
+    assert [p["locked"] for p in room_api.state(code)["players"]] == [True, False]
+    room_api.lock(ann, {"room": code, "round": 1, "caption": "a red square"})
+    assert transactions == [code]
+    reveal = room_api.state(code)
+    assert reveal["phase"] == "over" and {e["caption"] for e in reveal["result"]["entries"]} == {
+        "a green field", "a red square"}
+
+
+def test_a_held_back_bar_is_asked_for_once_its_window_has_ended(tmp_path, redis_url, redis_client, clock,
+                                                                monkeypatch):
+    """The ticker does not ask Redis every FLUSH_S whether a held-back bar may go: the draft's reply said
+    when the throttle window ends, and the flush is tried from then on."""
+    app = make_app(tmp_path, redis_url, clock, ROOM_BAR_WINDOW_MS=60_000)
+    _archive_for(app, clock)
+    room_api = app.extensions["rooms"]
+    rooms = room_api.rooms
+    pid = "player-host-abcdef"
+    app.extensions["store"].set_nickname(pid, "Hosty")
+    code = room_api.create(pid, {"rounds": 1, "seconds": 60, "source": "archive"})["room"]
+    rooms.transact(code, lambda room: rooms.start_round(room))
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(rooms.channel(code))
+    pubsub.get_message(timeout=1.0)
+    room_api.draft(pid, {"seq": 1, "room": code, "round": 1, "caption": "a field"})  # opens the window
+    assert code not in room_api.pending_bars
+    second = room_api.draft(pid, {"seq": 2, "room": code, "round": 1, "caption": "a red square"})
+    asks = []
+    real = rooms.flush_bars_when
+    monkeypatch.setattr(rooms, "flush_bars_when", lambda c: asks.append(c) or real(c))
+    for _ in range(5):
+        room_api.flush_pending_bars()
+    assert asks == [] and code in room_api.pending_bars  # the window has most of its minute to go
+    redis_client.delete(rooms.key(code, "bar_lock"))  # the window passes...
+    room_api.pending_bars[code] = 0.0  # ...and so does the time this process was told
+    room_api.flush_pending_bars()
+    assert asks == [code] and code not in room_api.pending_bars
+    sent = [json.loads(m["data"]) for m in iter(lambda: pubsub.get_message(timeout=1.0), None)]
+    pub = json.loads(redis_client.hget(rooms.key(code, "members"), pid))["pub"]
+    assert [m["type"] for m in sent] == ["room_bars", "room_bars"]
+    assert sent[-1]["bars"][pub] == pytest.approx(second["score"], abs=1e-5)
+    pubsub.close()
+
+
+def test_the_ticker_pass_ends_only_the_rounds_whose_time_is_up(app, archive, clock):
+    """tick_all reads every watched room's timers in one round trip and ends just the rounds that are due."""
+    room_api = app.extensions["rooms"]
+    rooms = room_api.rooms
+    app.extensions["store"].set_nickname("player-host-abcdef", "Hosty")
+    short = room_api.create("player-host-abcdef", {"rounds": 1, "seconds": 15, "source": "archive"})["room"]
+    long = room_api.create("player-host-abcdef", {"rounds": 1, "seconds": 60, "source": "archive"})["room"]
+    lobby = room_api.create("player-host-abcdef", {"rounds": 1, "seconds": 15, "source": "archive"})["room"]
+    for code in (short, long):
+        rooms.transact(code, lambda room: rooms.start_round(room))
+    assert room_api.tick_all([short, long, lobby]) == []
+    clock.advance(16)
+    assert room_api.tick_all([short, long, lobby, "ZZZZZ"]) == [short]
+    assert [room_api.state(c)["phase"] for c in (short, long, lobby)] == ["over", "round", "lobby"]
+
+
 def test_a_held_back_bar_reaches_the_others_when_the_window_ends(tmp_path, redis_url, redis_client, clock):
     """One draft inside the throttle window and nothing after: the others still get that bar, from the
     window's end (the ticker's flush), not only when some later draft comes along."""

@@ -4,14 +4,19 @@
 -- old round, can never count.
 -- KEYS: 1 meta hash, 2 members hash, 3 round hash, 4 bars hash, 5 bar throttle key, 6 bar pending key
 -- ARGV: 1 player id, 2 round number, 3 score (text), 4 caption, 5 now (ms, the store's clock),
---       6 "1" to lock in, 7 pub/sub channel, 8 throttle window (ms), 9 room code
--- Returns {"ok", sent} (sent: 1 when the bars were published now, 0 when a flush is pending),
--- or {code, detail}: "phase" (no round running), "stale" (another round runs), "over" (past the
--- deadline), "not_member", "not_playing" (spectator or late joiner), "locked" (already locked in).
-local meta = redis.call('HMGET', KEYS[1], 'phase', 'round', 'ends_at')
+--       6 "1" to lock in, 7 pub/sub channel, 8 throttle window (ms), 9 room code,
+--       10 the target id the caption was scored against ('' to skip that check)
+-- Returns {"ok", sent, ms} (sent: 1 when the bars were published now, 0 when a flush is pending,
+-- ms: then when the window ends),
+-- or {code, detail}: "phase" (no round running; detail '' when there is no room at all), "stale"
+-- (another round runs), "moved" (the round's picture is not ARGV[10]: a new game drew new pictures
+-- since the web process read them, so the score is against the wrong picture and nothing is recorded),
+-- "over" (past the deadline), "not_member", "not_playing" (spectator or late joiner), "locked".
+local meta = redis.call('HMGET', KEYS[1], 'phase', 'round', 'ends_at', 'pictures')
 if meta[1] ~= 'round' then return {'phase', meta[1] or ''} end
 local round = tonumber(ARGV[2])
 if tonumber(meta[2]) ~= round then return {'stale', meta[2]} end
+if ARGV[10] ~= '' and cjson.decode(meta[4])[round] ~= ARGV[10] then return {'moved', ''} end
 local now = tonumber(ARGV[5])
 if now >= tonumber(meta[3]) then return {'over', meta[3]} end
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
@@ -41,4 +46,4 @@ if redis.call('SET', KEYS[5], '1', 'NX', 'PX', tonumber(ARGV[8])) then
   return {'ok', 1}
 end
 redis.call('SET', KEYS[6], '1', 'PX', 60000)
-return {'ok', 0}
+return {'ok', 0, math.max(redis.call('PTTL', KEYS[5]), 0)}
