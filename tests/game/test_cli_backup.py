@@ -260,11 +260,20 @@ def test_replace_swaps_everything_and_leaves_no_staging_keys(cli, app, clock, tm
 
 def test_a_full_redis_mid_import_leaves_the_database_byte_for_byte(cli, app, clock, tmp_path, redis_client):
     # Room for a few staged keys but not the whole backup: Redis refuses a write part-way through.
+    # One large picture (~1 MB of noise) makes the backup far bigger than the margin plus whatever
+    # Redis frees meanwhile (earlier tests' connections closing): with small pictures only, a few
+    # KB freed after the measurement once let the whole import fit (a flaky pass of the import).
+    store = app.extensions["store"]
     _populate(app, clock)
+    noise = np.random.default_rng(5).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "PNG")
+    some = store.target_embedding(next(iter(store.pool())))
+    store.add_target("photo", buf.getvalue(), np.ones(some.shape) / np.sqrt(some.size), title="large")
     assert cli("targets", "export", str(tmp_path / "b")).exit_code == 0
     before = _dump(redis_client)
     limit = redis_client.config_get("maxmemory")["maxmemory"]
-    redis_client.config_set("maxmemory", int(redis_client.info("memory")["used_memory"]) + 4096)
+    redis_client.config_set("maxmemory", int(redis_client.info("memory")["used_memory"]) + 64 * 1024)
     try:
         result = cli("targets", "import", str(tmp_path / "b"), "--replace", "--yes")
     finally:
