@@ -391,6 +391,11 @@ class Scorer:
         """
         self._background = background
 
+    def stop_pausing(self, background) -> None:
+        """Undo `pause_while_live(background)`, if that is still the one registered."""
+        if self._background is background:
+            self._background = None
+
     def stats(self) -> dict:
         """Counters for logs and metrics."""
         with self._stats_lock:

@@ -155,8 +155,7 @@ class ExplainLane:
     def close(self) -> None:
         """Stop the explanation process or the lane's scorer (tests, benchmarks; a server just exits)."""
         if self.process is not None:
-            if self.live._background is self.process:
-                self.live.pause_while_live(None)
+            self.live.stop_pausing(self.process)
             self.process.close()
         if self.scorer is not None:
             self.scorer.close()

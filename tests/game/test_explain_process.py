@@ -167,6 +167,8 @@ def test_the_in_thread_lane_of_a_gpu_judge_gives_the_same_numbers(lane, tiny_cli
         heat_here, heat_there = in_thread.heatmap("a blue sky", picture()), lane.heatmap("a blue sky", picture())
         assert float(np.abs(heat_here.grid - heat_there.grid).max()) <= 1e-5
         assert lane.live._background is lane.process  # only the child is paused by live batches
+        in_thread.close()
+        assert lane.live._background is lane.process  # closing another lane leaves the child's pausing
     finally:
         in_thread.close()
 
