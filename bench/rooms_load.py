@@ -122,15 +122,8 @@ class RoomPlayer:
         self.ws.send(json.dumps(msg))
 
     def _read(self) -> None:
-        while True:
-            try:
-                raw = self.ws.recv()
-            except Exception:
-                return
-            if not raw:
-                return
-            now = time.perf_counter()
-            msg = json.loads(raw)
+        from harness.client import timed_messages
+        for now, msg in timed_messages(self.ws):
             kind = msg.get("type")
             if kind == "room_bars":
                 self.bars.append((now, msg["round"], msg["bars"]))

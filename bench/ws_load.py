@@ -123,15 +123,8 @@ class Player(threading.Thread):
         self.ws.send(json.dumps({"type": "subscribe", "puzzles": [self.puzzle]}))
 
     def receive(self):
-        while True:
-            try:
-                raw = self.ws.recv()
-            except Exception:
-                return
-            if not raw:
-                return
-            now = time.perf_counter()
-            msg = json.loads(raw)
+        from harness.client import timed_messages
+        for now, msg in timed_messages(self.ws):
             kind = msg.get("type")
             if kind in ("score", "dropped"):
                 with self.plock:

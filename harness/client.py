@@ -8,6 +8,23 @@ a session cookie (or reuses one) and sends the page's Origin.
 from __future__ import annotations
 
 import json
+import time
+
+
+def timed_messages(ws):
+    """(arrival time, parsed message) for each frame of a raw websocket until it closes or fails.
+
+    The benchmarks' reader threads time a reply the moment it arrives (perf_counter), before
+    any bookkeeping of their own.
+    """
+    while True:
+        try:
+            raw = ws.recv()
+        except Exception:  # closed by either side, or timed out: the reader's work is over
+            return
+        if not raw:
+            return
+        yield time.perf_counter(), json.loads(raw)
 
 
 def new_player_cookie(base_url: str, session=None, timeout: float = 20.0) -> str:
