@@ -41,7 +41,6 @@ import json
 import os
 import random
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -402,13 +401,7 @@ def main(argv=None) -> int:
               f"p50_ms={result['p50_ms']:.1f} p99_ms={result['p99_ms']:.1f} errors={result['errors']}", flush=True)
         return 0
     finally:
-        if web is not None:
-            web.stop()
-        try:
-            redis_server.stop(instance)
-        except Exception as exc:
-            print(f"warning: could not stop the embedded Redis: {exc}", file=sys.stderr)
-        shutil.rmtree(instance, ignore_errors=True)
+        servers.tear_down(web, instance)
 
 
 if __name__ == "__main__":

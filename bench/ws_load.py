@@ -299,13 +299,7 @@ def main():
                   f"p50_ms={result['p50_ms']:.1f} p99_ms={result['p99_ms']:.1f} errors={result['errors']}",
                   flush=True)
     finally:
-        if web is not None:
-            web.stop()
-        try:
-            redis_server.stop(instance)
-        except Exception as exc:
-            print(f"warning: could not stop the embedded Redis: {exc}", file=sys.stderr)
-        shutil.rmtree(instance, ignore_errors=True)
+        servers.tear_down(web, instance)
 
 
 def warm_up(base: str, puzzle: str, drafts: int = 30) -> None:

@@ -114,6 +114,22 @@ class Gunicorn:
         self.stop()
 
 
+def tear_down(web: "Gunicorn | None", instance: str) -> None:
+    """A benchmark's end: its web process, then the instance's embedded Redis, then the folder.
+
+    Best effort, so a failing run still reports its own error rather than a teardown's.
+    """
+    import shutil
+    from game.store import server as redis_server
+    if web is not None:
+        web.stop()
+    try:
+        redis_server.stop(instance)
+    except Exception as exc:
+        print(f"warning: could not stop the embedded Redis: {exc}", file=sys.stderr)
+    shutil.rmtree(instance, ignore_errors=True)
+
+
 def seed_today(redis_client, embed_dim: int, n: int = 3, model_id: str = MODEL_ID) -> list[str]:
     """n targets with seeded random unit embeddings; returns today's puzzle ids (real clock)."""
     import numpy as np
