@@ -107,9 +107,8 @@ class ExplainLane:
                                           model_lock=live_scorer.exclusive())
             live_scorer.pause_while_live(self.process)  # explanations compute only while the judge is idle
         else:
-            from engine.scorer import Scorer
-            self.scorer = Scorer(self.clip, max_caption_chars=live_scorer.max_caption_chars, cache_size=2048,
-                                 stream_cache_size=1, stream_cache_mb=1.0, num_threads=live_scorer.num_threads)
+            from game.explain_process import explanation_scorer
+            self.scorer = explanation_scorer(self.clip, live_scorer.max_caption_chars, live_scorer.num_threads)
             if sys.getswitchinterval() > GIL_SWITCH_S:  # process-wide (the web app sets it too: GIL_SWITCH_MS)
                 sys.setswitchinterval(GIL_SWITCH_S)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)

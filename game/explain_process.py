@@ -89,6 +89,16 @@ def cannot_share(model) -> Optional[str]:
     return None
 
 
+def explanation_scorer(clip, max_caption_chars: int, threads: Optional[int]):
+    """The Scorer explanations compute with, in the child or on a GPU judge's lane thread.
+
+    Bulk work only: a caption cache for repeated explanations, no typing streams to keep.
+    """
+    from engine.scorer import Scorer
+    return Scorer(clip, max_caption_chars=max_caption_chars, cache_size=2048, stream_cache_size=1,
+                  stream_cache_mb=1.0, num_threads=threads)
+
+
 class ExplainProcessError(RuntimeError):
     """The explanation process could not start or died while working."""
 
@@ -238,7 +248,7 @@ def _child_main(conn, spec: dict) -> None:
     except OSError as exc:  # still correct, only not deprioritised
         log.warning("explanation process runs at normal priority (%s)", exc)
     from engine.explain import relevance_map, word_contributions
-    from engine.scorer import Scorer, configure_torch_threads
+    from engine.scorer import configure_torch_threads
     import torch
     configure_torch_threads(spec["threads"])
     try:
@@ -246,8 +256,7 @@ def _child_main(conn, spec: dict) -> None:
     except RuntimeError:  # already fixed by something imported first: harmless
         pass
     clip = spec["clip"]
-    scorer = Scorer(clip, max_caption_chars=spec["max_caption_chars"], cache_size=2048, stream_cache_size=1,
-                    stream_cache_mb=1.0, num_threads=spec["threads"])
+    scorer = explanation_scorer(clip, spec["max_caption_chars"], spec["threads"])
     conn.send(f"pid {os.getpid()}, {clip.describe()}")
     try:
         while True:
