@@ -47,7 +47,7 @@ import threading
 import time
 from pathlib import Path
 
-from ws_load import WORDS, percentile  # bench/ is this script's folder: the same words and percentile
+from ws_load import WORDS, judge_line, percentile, server_judge  # bench/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +107,7 @@ class RoomPlayer:
         self.pending: dict[int, tuple[int, float]] = {}  # seq -> (round, send time)
         self.plock = threading.Lock()
         self.drafts: list[tuple[int, float, float]] = []  # (round, send time, score) of scored drafts
+        self.score_ms: list[float] = []  # draft -> its own room_score reply, ms (the judge's part of p)
         self.bars: list[tuple[float, int, dict]] = []  # (arrival, round, bars) of every room_bars message
         self.events: dict[str, threading.Event] = {}
         self.elock = threading.Lock()
@@ -132,6 +133,7 @@ class RoomPlayer:
                     sent = self.pending.pop(msg["seq"], None)
                 if sent is not None:
                     self.drafts.append((sent[0], sent[1], msg["score"]))
+                    self.score_ms.append((now - sent[1]) * 1000)
             elif kind == "dropped":
                 with self.plock:
                     self.pending.pop(msg["seq"], None)
@@ -312,6 +314,9 @@ def run(base: str, rooms: int, players: int, rounds: int, type_s: float) -> dict
           f"{len(latencies)}, never shown {undelivered}")
     if stats.codes:
         print("errors by code:", stats.codes)
+    own = [ms for p in people for ms in p.score_ms]
+    print(f"draft -> own score reply, ms: p50 {percentile(own, 50):.1f} p90 {percentile(own, 90):.1f} "
+          f"p99 {percentile(own, 99):.1f} (the judge's and the request's part of p; the rest is the bar's way)")
     print(f"draft -> bar at another player, ms: p50 {percentile(latencies, 50):.1f} "
           f"p90 {percentile(latencies, 90):.1f} p99 {percentile(latencies, 99):.1f} "
           f"max {max(latencies, default=float('nan')):.1f}", flush=True)
@@ -391,8 +396,10 @@ def main(argv=None) -> int:
         warm_up(web.url)
         workers = web.worker_pids()
         cpu0, bench0, wall0 = cpu_seconds(workers), time.process_time(), time.perf_counter()
+        judge0 = server_judge(web.url)
         result = run(web.url, rooms, players, rounds, type_s)
         wall = time.perf_counter() - wall0
+        print(judge_line(judge0, server_judge(web.url), wall), flush=True)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"CPU during the load: web worker {cpu_seconds(workers) - cpu0:.1f}s, this load generator "
               f"{time.process_time() - bench0:.1f}s, over {wall:.1f}s of wall time on {os.cpu_count()} cores "
