@@ -82,5 +82,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     from game.web import admin
     cli.init_app(app)
     admin.init_app(app)  # the read-only admin pages under /admin
+    from game import gc_pauses
+    gc_pauses.tracker()
+    # Last: everything start-up built is alive now. Auto: only a process the app owns (see game/gc_pauses.py).
+    if app.config["GC_FREEZE"] == "true" or (app.config["GC_FREEZE"] == "auto" and app.extensions["gunicorn_worker"]):
+        gc_pauses.freeze_startup_objects()
     return app
 

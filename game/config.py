@@ -67,6 +67,7 @@ DEFAULTS: dict = {
     "SCORER_BATCH_WINDOW_MS": 2.0,
     "TORCH_THREADS": None,  # None -> the scorer's default (cores - 1)
     "GIL_SWITCH_MS": 1.0,  # how long a Python thread may keep the GIL while another waits (Python's own: 5)
+    "GC_FREEZE": "auto",  # auto (inside gunicorn only) | true | false: full collections skip start-up objects
     "SCORER_PRECISION": "fp32",  # fp32 (exact) | bf16 (opt-in, faster on GPUs, measured error in bench/scoring.py)
     # Flask's own settings, here so CAPTIONARY_SESSION_COOKIE_SECURE=true etc. can override them.
     "SESSION_COOKIE_NAME": "captionary",
@@ -89,6 +90,7 @@ _POSITIVE_FLOAT_KEYS = ("FRAME_RATE", "FRAME_BURST", "NEW_PLAYER_RATE", "NEW_PLA
 _BOOL_KEYS = ("DEMO_FALLBACK", "IMPORT_STARTER_PHOTOS", "SESSION_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY",
               "COOKIE_SECURE", "READY_REQUIRES_WORKERS")
 _CHOICE_KEYS = {"LOG_FORMAT": ("text", "json"), "GRACEFUL_SIGTERM": ("auto", "true", "false"),
+                "GC_FREEZE": ("auto", "true", "false"),
                 "SCORER_PRECISION": ("fp32", "bf16")}
 
 

@@ -8,7 +8,9 @@
                  gauges read from Redis at scrape time (queue depth, pool size, workers,
                  generation it/s reported through the workers' heartbeats), and this
                  process's judge (batches, seconds computing, token rows computed and
-                 reused, drafts queued, torch threads): how busy the live scorer is
+                 reused, drafts queued, torch threads): how busy the live scorer is; and
+                 this process's garbage collector (game/gc_pauses.py: collections, seconds
+                 paused and the longest pause by generation, objects frozen at start-up)
 
 Settings (CAPTIONARY_*): LOG_FORMAT "text" | "json"; READY_REQUIRES_WORKERS (default
 false: the web game keeps serving from the existing pool while no worker runs, so a
@@ -161,6 +163,30 @@ class JudgeCollector:
         yield g
 
 
+class GcCollector:
+    """This process's garbage-collector pauses (game/gc_pauses.py): every thread stops while one runs."""
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from game import gc_pauses
+        snap = gc_pauses.tracker().snapshot()
+        for name, key, text, family in (
+                ("collections", "collections", "Garbage collections, by generation", CounterMetricFamily),
+                ("pause_seconds", "seconds", "Seconds every thread stood still for garbage collection",
+                 CounterMetricFamily),
+                ("longest_pause_seconds", "longest", "The longest garbage-collection pause since start",
+                 GaugeMetricFamily)):
+            m = family(f"captionary_gc_{name}", text, labels=["generation"])
+            for generation, value in snap[key].items():
+                m.add_metric([str(generation)], value)
+            yield m
+        g = GaugeMetricFamily("captionary_gc_frozen_objects", "Objects frozen at start-up (collections skip them)")
+        g.add_metric([], snap["frozen"])
+        yield g
+
+
 def _generation_rates(client, workers: list[dict]) -> dict[str, float]:
     """it/s per working worker: iterations reported in its heartbeat over the job's running time.
 
@@ -299,19 +325,21 @@ class Drain:
             event.set()
 
 
+def in_gunicorn_worker() -> bool:
+    """Whether this process is a gunicorn worker (its SIGTERM handler is the worker's), not a test or CLI."""
+    try:
+        from gunicorn.workers.base import Worker
+    except ImportError:
+        return False
+    return isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None), Worker)
+
+
 def install_sigterm(app, drain: Drain) -> bool:
     """Chain our drain in front of the current SIGTERM handler (gunicorn's `handle_exit`)."""
     mode = app.config["GRACEFUL_SIGTERM"]  # auto | true | false (checked in game/config.py)
-    if mode == "false":
-        return False
+    if mode == "false" or (mode == "auto" and not in_gunicorn_worker()):
+        return False  # auto: not a gunicorn worker (tests, CLI, werkzeug): leave signals alone
     previous = signal.getsignal(signal.SIGTERM)
-    if mode == "auto":
-        try:
-            from gunicorn.workers.base import Worker
-        except ImportError:
-            return False
-        if not isinstance(getattr(previous, "__self__", None), Worker):
-            return False  # not a gunicorn worker (tests, CLI, werkzeug): leave signals alone
 
     def on_sigterm(signum, frame):
         # Signal handlers run on the main thread between bytecodes: do the socket work elsewhere.
@@ -443,9 +471,11 @@ def init_app(app) -> None:
     m = Metrics()
     m.registry.register(RedisCollector(app))
     m.registry.register(JudgeCollector(app))
+    m.registry.register(GcCollector())
     app.extensions["metrics"] = m
     instrument_game(app.extensions["game"], m)
     drain = Drain(m)
     app.extensions["drain"] = drain
+    app.extensions["gunicorn_worker"] = in_gunicorn_worker()  # before our SIGTERM handler replaces gunicorn's
     app.extensions["sigterm_installed"] = install_sigterm(app, drain)
     app.register_blueprint(bp)

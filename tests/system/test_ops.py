@@ -176,6 +176,10 @@ def test_sigterm_on_gunicorn_finishes_in_flight_submissions_then_closes_1012(red
     web = servers.Gunicorn(redis_url, tmp_path, MAX_SUBMISSIONS=40, SUBMIT_RATE=100, SUBMIT_BURST=100)
     try:
         web.wait_ready()
+        # A gunicorn worker froze its start-up objects (GC_FREEZE auto; game/gc_pauses.py): torch alone is >100k.
+        scraped = {s.name: s.value for f in text_string_to_metric_families(requests.get(web.url + "/metrics").text)
+                   for s in f.samples}
+        assert scraped["captionary_gc_frozen_objects"] > 100_000, scraped["captionary_gc_frozen_objects"]
         idle = WSClient.player(web.url)
         busy = WSClient.player(web.url)
         assert idle.ask({"type": "ping"})["type"] == "pong" and busy.ask({"type": "ping"})["type"] == "pong"
