@@ -319,6 +319,10 @@ def warm_up(base: str, puzzle: str, drafts: int = 30) -> None:
 
 JUDGE_COUNTERS = ("captionary_judge_batches_total", "captionary_judge_compute_seconds_total",
                   "captionary_judge_captions_encoded_total", 'captionary_judge_token_rows_total{kind="computed"}')
+THREAD_STATES = {"on_cpu": "on a core", "waiting_for_cpu": "waiting for a core",
+                 "blocked": "blocked (the GIL, torch's other threads)"}
+THREAD_SECONDS = {state: f'captionary_judge_compute_thread_seconds_total{{state="{state}"}}'
+                  for state in THREAD_STATES}
 
 
 def server_judge(base: str) -> dict[str, float]:
@@ -331,7 +335,7 @@ def server_judge(base: str) -> dict[str, float]:
     out = {}
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")
-        if name in JUDGE_COUNTERS or name == "captionary_judge_torch_threads":
+        if name in JUDGE_COUNTERS or name in THREAD_SECONDS.values() or name == "captionary_judge_torch_threads":
             out[name] = float(value)
     return out
 
@@ -344,7 +348,16 @@ def judge_line(before: dict, after: dict, seconds: float) -> str:
     return (f"judge: computing {busy / seconds:.0%} of the run; {drafts / batches:.1f} drafts, "
             f"{rows / batches:.1f} new token rows and {busy * 1000 / batches:.1f} ms per batch "
             f"({busy * 1000 / max(rows, 1):.2f} ms per row); torch threads now "
-            f"{after.get('captionary_judge_torch_threads', float('nan')):.0f}")
+            f"{after.get('captionary_judge_torch_threads', float('nan')):.0f}{thread_split(before, after, busy)}")
+
+
+def thread_split(before: dict, after: dict, busy: float) -> str:
+    """'; its thread ...': how the judge thread spent its computing time (Linux servers only)."""
+    if busy <= 0 or not all(name in before and name in after for name in THREAD_SECONDS.values()):
+        return ""
+    parts = [f"{(after[name] - before[name]) / busy:.0%} {THREAD_STATES[state]}"
+             for state, name in THREAD_SECONDS.items()]
+    return "; of that time its thread was " + ", ".join(parts)
 
 
 def server_draft_buckets(base: str) -> dict[float, float]:

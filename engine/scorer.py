@@ -42,6 +42,7 @@ import torch
 
 from engine.embeddings import LRUCache, as_unit_vector, embedding_from_bytes, embedding_to_bytes
 from engine.text_encoder import Job, Prefix, Result, TextEncoder, common_prefix_len
+from engine.thread_clock import split_wall_time, thread_times
 
 __all__ = ["CaptionError", "ScorerBusyError", "ScorerClosedError", "Scorer", "validate_caption",
            "configure_torch_threads", "embedding_to_bytes", "embedding_from_bytes"]
@@ -268,7 +269,10 @@ class Scorer:
         self._stats_lock = threading.Lock()
         self._closed = False
         self._stats = dict(requests=0, cache_hits=0, busy=0, batches=0, encoded=0,
-                           tokens_computed=0, tokens_reused=0, errors=0, compute_s=0.0)
+                           tokens_computed=0, tokens_reused=0, errors=0, compute_s=0.0,
+                           # compute_s split by what the computing thread did (engine/thread_clock.py)
+                           compute_on_cpu_s=0.0, compute_waiting_for_cpu_s=0.0, compute_blocked_s=0.0)
+        self._thread_times = thread_times() is not None  # Linux: the split above is measured
         self._thread = threading.Thread(target=self._run, name=f"scorer[{self.model_id}]", daemon=True)
         self._thread.start()
         log.info("scorer ready: %s, %d torch threads, fast path %s, %s matmuls", clip.describe(),
@@ -404,7 +408,7 @@ class Scorer:
                    stream_cache=len(self._streams), stream_cache_bytes=self._streams.nbytes,
                    stream_evictions=self._streams.evictions, torch_threads=self.num_threads,
                    fast_path=self.encoder.fast, device=str(self.clip.device), precision=self.precision,
-                   thread_tuning=self._tuner is not None,
+                   thread_tuning=self._tuner is not None, thread_times=self._thread_times,
                    thread_switches=self._tuner.switches if self._tuner is not None else 0)
         return out
 
@@ -584,7 +588,7 @@ class Scorer:
             background = self._background
             if background is not None:
                 background.pause()
-            started = time.perf_counter()
+            started, clock = time.perf_counter(), thread_times()
             try:
                 results = self.encoder.encode(jobs)
                 if self._tuner is not None:
@@ -597,7 +601,12 @@ class Scorer:
             except Exception:
                 log.exception("batch of %d captions failed; retrying one by one", len(jobs))
             finally:
-                self._count("compute_s", time.perf_counter() - started)
+                took = time.perf_counter() - started
+                split = split_wall_time(took, clock, thread_times())
+                with self._stats_lock:
+                    self._stats["compute_s"] += took
+                    for state, seconds in (split or {}).items():
+                        self._stats[f"compute_{state}_s"] += seconds
                 if background is not None:
                     background.resume()
             results: list = []

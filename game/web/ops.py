@@ -8,7 +8,8 @@
                  gauges read from Redis at scrape time (queue depth, pool size, workers,
                  generation it/s reported through the workers' heartbeats), and this
                  process's judge (batches, seconds computing, token rows computed and
-                 reused, drafts queued, torch threads): how busy the live scorer is; and
+                 reused, drafts queued, torch threads, and where its thread's computing
+                 time went: on a core, waiting for one, blocked): how busy the live scorer is; and
                  this process's garbage collector (game/gc_pauses.py: collections, seconds
                  paused and the longest pause by generation, objects frozen at start-up)
 
@@ -155,6 +156,13 @@ class JudgeCollector:
         c.add_metric(["computed"], stats["tokens_computed"])
         c.add_metric(["reused"], stats["tokens_reused"])
         yield c
+        if stats.get("thread_times"):  # Linux: where the judge thread's computing time went
+            c = CounterMetricFamily("captionary_judge_compute_thread_seconds",
+                                    "The judge's computing seconds by what its thread did: on a core, waiting "
+                                    "for a core, blocked (the GIL, torch's other threads)", labels=["state"])
+            for state in ("on_cpu", "waiting_for_cpu", "blocked"):
+                c.add_metric([state], stats[f"compute_{state}_s"])
+            yield c
         g = GaugeMetricFamily("captionary_judge_queue_depth", "Drafts waiting for the judge")
         g.add_metric([], stats["queue_depth"])
         yield g

@@ -1,4 +1,6 @@
 """Scorer unit tests on the tiny random CLIP: exactness against open_clip's own path, caches, bad input."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from engine.embeddings import LRUCache
 from engine.scorer import (CaptionError, Scorer, ScorerClosedError, embedding_from_bytes, embedding_to_bytes,
                            validate_caption)
 from engine.text_encoder import Job, TextEncoder
+from engine.thread_clock import SCHEDSTAT
 
 from tests.helpers.hard_captions import HARD_CAPTIONS
 
@@ -37,6 +40,18 @@ def test_embed_text_matches_open_clip(clip, scorer):
     assert got.dtype == np.float32 and got.shape == (3, clip.embed_dim)
     assert np.abs(got - reference(clip, captions)).max() <= TOL
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.skipif(not os.path.exists(SCHEDSTAT), reason="no per-thread scheduler statistics here")
+def test_stats_split_the_judges_computing_time_by_what_its_thread_did(clip, scorer):
+    """on a core + waiting for one + blocked = the seconds computing (engine/thread_clock.py)."""
+    for i in range(6):
+        scorer.embed_text(f"a raccoon number {i} driving a tractor")
+    stats = scorer.stats()
+    assert stats["thread_times"] and stats["batches"] >= 1
+    parts = [stats[f"compute_{state}_s"] for state in ("on_cpu", "waiting_for_cpu", "blocked")]
+    assert all(p >= 0 for p in parts) and parts[0] > 0
+    assert sum(parts) == pytest.approx(stats["compute_s"], rel=1e-6, abs=1e-9)
 
 
 def test_a_checked_draft_is_tokenized_once(clip, scorer, monkeypatch):

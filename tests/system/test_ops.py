@@ -105,6 +105,10 @@ def test_metrics_count_drafts_submissions_refusals_and_read_redis(app, client, s
     assert grew["captionary_judge_captions_encoded_total"] >= 3 and grew["captionary_judge_batches_total"] >= 1
     assert grew["captionary_judge_compute_seconds_total"] > 0 and grew["captionary_judge_token_rows_total{kind=computed}"] > 3
     assert m["captionary_judge_queue_depth"] == 0 and m["captionary_judge_torch_threads"] >= 1
+    # Where the judge thread's computing seconds went (Linux schedstat): the three add up to them.
+    states = [m[f"captionary_judge_compute_thread_seconds_total{{state={s}}}"] for s in ("on_cpu", "waiting_for_cpu",
+                                                                                       "blocked")]
+    assert states[0] > 0 and sum(states) == pytest.approx(m["captionary_judge_compute_seconds_total"], rel=1e-3)
 
 
 def test_metrics_token(tmp_path, redis_url, redis_client, clock):

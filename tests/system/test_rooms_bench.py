@@ -27,3 +27,8 @@ def test_rooms_bench_quick_prints_its_contract_line_with_no_errors():
     rooms, players, per_s, p50, p99, errors = match.groups()
     assert (int(rooms), int(players), int(errors)) == (2, 6, 0), done.stdout[-2000:]
     assert float(per_s) > 0 and float(p50) <= float(p99)  # bars reached players; the figures are numbers
+    # The judge line reads the server's /metrics: how busy the judge was and where its thread's time went.
+    judge = next(line for line in done.stdout.splitlines() if line.startswith("judge: "))
+    assert re.search(r"computing \d+% of the run", judge), judge
+    if sys.platform == "linux":
+        assert re.search(r"its thread was \d+% on a core, \d+% waiting for a core, \d+% blocked", judge), judge

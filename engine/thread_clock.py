@@ -1,0 +1,58 @@
+"""Where a thread's wall time went: on a core, waiting for one, or blocked.
+
+Linux keeps, per thread, the nanoseconds it ran on a CPU and the nanoseconds it
+was runnable but waited in a run queue for one (/proc/thread-self/schedstat).
+Over a stretch of wall time, what is left after both is time the thread was
+blocked: waiting for a lock (for a Python thread, most often the GIL), for I/O,
+or for torch's other intra-op threads to finish their share.
+
+The judge reads this around every batch (engine/scorer.py) and /metrics reports
+the split (game/web/ops.py), because "the judge computes 90% of the time" alone
+does not say whether the batches are slow because the model is big, because the
+judge's thread waits for a core other threads hold, or because it waits for the
+GIL between torch calls; each has a different remedy (a faster or second core,
+fewer busy threads beside it, fewer GIL round trips per batch). In
+bench/rooms_load.py with the full-size judge on a 2-core box the judge's
+thread was on a core only about half of its batches' wall time
+(docs/scaling.md, "Rooms, third pass").
+
+Where the file does not exist (not Linux, or a kernel built without scheduler
+statistics) `thread_times()` returns None and callers report nothing.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+class ThreadTimes(NamedTuple):
+    """Seconds the calling thread has run on a CPU, and waited runnable for one, since it started."""
+
+    on_cpu_s: float
+    waiting_for_cpu_s: float
+
+
+def thread_times(path: str = SCHEDSTAT) -> Optional[ThreadTimes]:
+    """The calling thread's scheduler times, or None where the kernel does not provide them."""
+    try:
+        with open(path, "rb") as f:
+            fields = f.read().split()
+        on_cpu_ns, waiting_ns = int(fields[0]), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return ThreadTimes(on_cpu_ns / 1e9, waiting_ns / 1e9)
+
+
+def split_wall_time(wall_s: float, before: Optional[ThreadTimes],
+                    after: Optional[ThreadTimes]) -> Optional[dict[str, float]]:
+    """Seconds of `wall_s` on a CPU, waiting for a CPU, and blocked; None without both readings.
+
+    The kernel's clocks and the caller's wall clock tick apart, so a reading can
+    exceed `wall_s` by a little: the parts are clipped to it, blocked to >= 0.
+    """
+    if before is None or after is None:
+        return None
+    on_cpu = min(max(after.on_cpu_s - before.on_cpu_s, 0.0), wall_s)
+    waiting = min(max(after.waiting_for_cpu_s - before.waiting_for_cpu_s, 0.0), wall_s - on_cpu)
+    return {"on_cpu": on_cpu, "waiting_for_cpu": waiting, "blocked": max(wall_s - on_cpu - waiting, 0.0)}
