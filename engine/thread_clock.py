@@ -1,7 +1,8 @@
 """Where a thread's wall time went: on a core, waiting for one, or blocked.
 
-Linux keeps, per thread, the nanoseconds it ran on a CPU and the nanoseconds it
-was runnable but waited in a run queue for one (/proc/thread-self/schedstat).
+The thread's CPU clock says how long it ran on a CPU; Linux also keeps, per
+thread, the nanoseconds it was runnable but waited in a run queue for a CPU
+(/proc/thread-self/schedstat).
 Over a stretch of wall time, what is left after both is time the thread was
 blocked: waiting for a lock (for a Python thread, most often the GIL), for I/O,
 or for torch's other intra-op threads to finish their share.
@@ -21,6 +22,7 @@ statistics) `thread_times()` returns None and callers report nothing.
 """
 from __future__ import annotations
 
+import time
 from typing import NamedTuple, Optional
 
 SCHEDSTAT = "/proc/thread-self/schedstat"
@@ -34,14 +36,21 @@ class ThreadTimes(NamedTuple):
 
 
 def thread_times(path: str = SCHEDSTAT) -> Optional[ThreadTimes]:
-    """The calling thread's scheduler times, or None where the kernel does not provide them."""
+    """The calling thread's scheduler times, or None where the kernel does not provide them.
+
+    Time on a CPU comes from the thread's CPU clock, not from the file: the file's
+    first field is only brought up to date when the thread is switched out or at a
+    scheduler tick, so read by a running thread it lags by up to a tick (4 ms), as
+    much as a whole small batch. The run-queue wait accrues only while the thread
+    is not running, so the file's second field is current whenever it can read it.
+    """
     try:
         with open(path, "rb") as f:
             fields = f.read().split()
-        on_cpu_ns, waiting_ns = int(fields[0]), int(fields[1])
+        waiting_ns = int(fields[1])
     except (OSError, ValueError, IndexError):
         return None
-    return ThreadTimes(on_cpu_ns / 1e9, waiting_ns / 1e9)
+    return ThreadTimes(time.thread_time(), waiting_ns / 1e9)
 
 
 def split_wall_time(wall_s: float, before: Optional[ThreadTimes],
