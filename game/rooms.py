@@ -54,13 +54,15 @@ class Rooms:
         self.rooms = RoomStore(self.store.r, self.store.now, limits)
         self._starter: Optional[set] = None  # starter photo target ids (the manifest never changes at run time)
         # Rooms whose last drafts here await the end of a throttle window -> when it ends (time.monotonic()):
-        # the ticker asks Redis then, not every FLUSH_S (most of those asks were "not yet", a round trip each).
+        # the ticker wakes and asks Redis then (asking at a fixed period, most asks were "not yet", a round
+        # trip each, and a bar waited up to one period after its window ended).
         self.pending_bars: dict[str, float] = {}
         # Room code -> its game's pictures, as last read here. A draft scores against the remembered
         # picture and room_draft.lua records it only if that is still the round's picture ("moved"
         # otherwise: read again, score again), which saves a Redis round trip on every keystroke.
         self._pictures: LRUCache[list] = LRUCache(1024)
         self._pending_lock = threading.Lock()
+        self._pending_changed = threading.Condition(self._pending_lock)  # wakes the ticker for a new due time
 
     # -- pictures -----------------------------------------------------------------------------------
     def picture_pool(self, source: str) -> list[str]:
@@ -234,9 +236,21 @@ class Rooms:
         return {"type": "room_score", "seq": seq, "room": code, "round": round_no, "score": round(score, 6)}
 
     def _hold_bars(self, code: str, wait_ms: int) -> None:
-        due = time.monotonic() + wait_ms / 1000
+        due = time.monotonic() + max(wait_ms, 1) / 1000  # at least 1 ms: never a busy loop of "not yet"
         with self._pending_lock:
             self.pending_bars[code] = min(due, self.pending_bars.get(code, due))
+            self._pending_changed.notify_all()
+
+    def wait_for_pending_bars(self, until: float) -> None:
+        """Sleep until the earliest held-back bar is due or until `until` (time.monotonic()), whichever
+        comes first. A bar held back meanwhile wakes the sleeper (the ticker), which then sleeps until that
+        bar's window ends: bars go out when their window ends, not at the next poll of a fixed period."""
+        with self._pending_lock:
+            while True:
+                wake = min(min(self.pending_bars.values(), default=until), until)
+                timeout = wake - time.monotonic()
+                if timeout <= 0 or not self._pending_changed.wait(timeout):
+                    return
 
     def flush_pending_bars(self) -> None:
         """Send the bars of rooms whose drafts fell inside a throttle window, once the window allows."""

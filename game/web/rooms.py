@@ -23,7 +23,6 @@ from game.web.pages import current_player
 log = logging.getLogger("captionary.rooms")
 bp = Blueprint("rooms", __name__, url_prefix="/rooms")
 TICK_S = 0.1  # how often a process checks its rooms' timers (the countdown's resolution at the server)
-FLUSH_S = 0.02  # how often it sends bars held back by the throttle
 
 
 # -- pages --------------------------------------------------------------------------------------------
@@ -248,7 +247,7 @@ class RoomTicker:
             except Exception as exc:  # Redis blipped: keep ticking, the next pass retries
                 log.warning("room ticker: %s", exc)
                 time.sleep(0.5)
-            time.sleep(FLUSH_S)
+            self.rooms.wait_for_pending_bars(until=next_tick)  # the next held-back bar's time, or the next tick
 
 
 def init_hub(app, hub_class) -> None:

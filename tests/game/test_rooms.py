@@ -465,7 +465,7 @@ def test_only_the_last_lock_in_runs_the_round_ending_transaction(app, archive, r
 
 def test_a_held_back_bar_is_asked_for_once_its_window_has_ended(tmp_path, redis_url, redis_client, clock,
                                                                 monkeypatch):
-    """The ticker does not ask Redis every FLUSH_S whether a held-back bar may go: the draft's reply said
+    """The ticker does not keep asking Redis whether a held-back bar may go: the draft's reply said
     when the throttle window ends, and the flush is tried from then on."""
     app = make_app(tmp_path, redis_url, clock, ROOM_BAR_WINDOW_MS=60_000)
     _archive_for(app, clock)
@@ -512,6 +512,28 @@ def test_the_ticker_pass_ends_only_the_rounds_whose_time_is_up(app, archive, clo
     clock.advance(16)
     assert room_api.tick_all([short, long, lobby, "ZZZZZ"]) == [short]
     assert [room_api.state(c)["phase"] for c in (short, long, lobby)] == ["over", "round", "lobby"]
+
+
+def test_the_ticker_sleeps_until_the_next_held_back_bar_is_due_and_wakes_for_a_new_one(app):
+    """wait_for_pending_bars: with nothing held back it sleeps until `until`; a bar held back meanwhile
+    wakes it, and it returns when that bar is due (its window's end), long before `until`."""
+    import threading
+    import time
+    room_api = app.extensions["rooms"]
+    started = time.monotonic()
+    room_api.wait_for_pending_bars(until=started + 0.05)
+    assert time.monotonic() - started >= 0.05
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (room_api.wait_for_pending_bars(until=time.monotonic() + 60),
+                                               done.set()))
+    waiter.start()
+    assert not done.wait(0.2)  # nothing is held back: it sleeps on
+    held_at = time.monotonic()
+    room_api._hold_bars("ABCDE", 300)  # a draft inside a window that ends in 300 ms
+    assert done.wait(30), "the ticker slept through a held-back bar's window"
+    assert time.monotonic() - held_at >= 0.3  # not before the window ends
+    waiter.join()
+    room_api.pending_bars.clear()
 
 
 def test_a_held_back_bar_reaches_the_others_when_the_window_ends(tmp_path, redis_url, redis_client, clock):
