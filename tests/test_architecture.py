@@ -56,6 +56,7 @@ LAYERS = [
     ("engine", 0, ("engine",)),
     ("domain", 1, ("game.config", "game.errors", "game.puzzles", "game.players", "game.hints", "game.photos",
                    "game.judge", "game.history",  # game.history: streak, percentile and carry-code rules
+                   "game.gc_pauses",  # the process's garbage-collector pauses, frozen start-up objects
                    "game.skeleton")),  # nickname look-alike skeletons (arrives with branch fix/names)
     ("store", 2, ("game.store",)),
     ("service", 3, ("game.service", "game.rooms",  # the daily game and Play with friends
