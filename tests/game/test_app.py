@@ -196,7 +196,8 @@ def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
                CAPTIONARY_CLIP_PRETRAINED="random")
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "game", "play", "--port", str(port)],
-                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own process group: a hung stop is killed whole
     try:
         page = None
         deadline = time.monotonic() + 120
@@ -220,7 +221,12 @@ def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
         assert redis_server.is_running(str(instance))
     finally:
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=60)[0].decode()
+        try:
+            out = proc.communicate(timeout=60)[0].decode()
+        except subprocess.TimeoutExpired:  # say what it was doing, and leave no gunicorn behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            out = proc.communicate()[0].decode()
+            out = f"`flask play` did not stop within 60 s of Ctrl-C; its output:\n{out[-4000:]}"
         # Interrupted before it got going (a failed assert above), `play` leaves the embedded
         # Redis running, as it should for a real install; a test must not leave it behind.
         still_running = redis_server.is_running(str(instance))
