@@ -195,9 +195,19 @@ def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
     env.update(CAPTIONARY_INSTANCE_PATH=str(instance), CAPTIONARY_CLIP_MODEL="test-tiny",
                CAPTIONARY_CLIP_PRETRAINED="random")
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "game", "play", "--port", str(port)],
-                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its own process group: a hung stop is killed whole
+    # A suite started in the background by a shell without job control (`pytest &` in a script) ignores
+    # SIGINT, and an ignored signal stays ignored across exec: `play` would never see the Ctrl-C below.
+    # Started from a terminal it would not be ignored; give the child that terminal's disposition.
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a handler resets to the default at exec
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "game", "play", "--port", str(port)],
+                                cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group: a hung stop is killed whole
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         page = None
         deadline = time.monotonic() + 120
