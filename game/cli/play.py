@@ -4,7 +4,7 @@ It starts the embedded Redis once (unless REDIS_URL points elsewhere), makes
 sure today's puzzles exist (the app factory already imported the starter
 photos), then runs the web server the way the Procfile does: gunicorn with
 the gthread worker (flask-sock holds one thread per open websocket) on
-127.0.0.1:8000. Ctrl-C stops gunicorn and, if this command started it, the
+127.0.0.1:8000. Ctrl-C (or SIGTERM, as `kill` and process managers send) stops gunicorn and, if this command started it, the
 embedded Redis (its append-only file is fsynced on every write, so nothing
 acknowledged is lost). `--server werkzeug` runs Flask's threaded development
 server instead, for machines without gunicorn.
@@ -60,6 +60,8 @@ def play_command(host, port, threads, workers, server):
         argv = gunicorn_argv(host, port, threads, workers)
         click.echo("$ " + " ".join(shlex.quote(a) for a in argv[2:]))
         proc = subprocess.Popen(argv)
+        # `kill <pid>` must not leave gunicorn and the embedded Redis serving behind it: stop as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             code = proc.wait()
         except KeyboardInterrupt:
@@ -71,6 +73,10 @@ def play_command(host, port, threads, workers, server):
         if started_redis:
             redis_server.stop(app.instance_path)
             click.echo("stopped the embedded Redis")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def init_app(app) -> None:

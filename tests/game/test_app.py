@@ -173,8 +173,10 @@ def test_submission_cap_over_http(client, seeded):
     assert len(client.get("/api/state", query_string={"puzzle": p}).get_json()["puzzle"]["attempts"]) == 3
 
 
-def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
-    """`flask --app game play` on a fresh instance: embedded Redis, starter photos, gunicorn; Ctrl-C stops all."""
+@pytest.mark.parametrize("stop_signal", ["SIGINT", "SIGTERM"])
+def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path, stop_signal):
+    """`flask --app game play` on a fresh instance: embedded Redis, starter photos, gunicorn; Ctrl-C stops
+    all, and so does SIGTERM (`kill`, a process manager): nothing is left serving."""
     import os
     import signal
     import socket
@@ -230,13 +232,13 @@ def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
         assert reply["type"] == "score" and result["rank"] == 1 and result["score"] == reply["score"]
         assert redis_server.is_running(str(instance))
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop_signal))
         try:
             out = proc.communicate(timeout=60)[0].decode()
         except subprocess.TimeoutExpired:  # say what it was doing, and leave no gunicorn behind
             os.killpg(proc.pid, signal.SIGKILL)
             out = proc.communicate()[0].decode()
-            out = f"`flask play` did not stop within 60 s of Ctrl-C; its output:\n{out[-4000:]}"
+            out = f"`flask play` did not stop within 60 s of {stop_signal}; its output:\n{out[-4000:]}"
         # Interrupted before it got going (a failed assert above), `play` leaves the embedded
         # Redis running, as it should for a real install; a test must not leave it behind.
         still_running = redis_server.is_running(str(instance))
@@ -245,6 +247,8 @@ def test_play_command_serves_a_playable_game_and_stops_cleanly(tmp_path):
     assert proc.returncode == 0, out
     assert not still_running
     assert "Open http://127.0.0.1:" in out and "stopped the embedded Redis" in out
+    with pytest.raises(requests.ConnectionError):  # gunicorn went with it: nothing serves the port
+        requests.get(f"http://127.0.0.1:{port}/", timeout=5)
 
 
 def test_an_all_digit_secret_from_the_environment_still_signs_cookies(tmp_path, redis_url, redis_client, clock,
