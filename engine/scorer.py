@@ -42,7 +42,7 @@ import torch
 
 from engine.embeddings import LRUCache, as_unit_vector, embedding_from_bytes, embedding_to_bytes
 from engine.text_encoder import Job, Prefix, Result, TextEncoder, common_prefix_len
-from engine.thread_clock import split_wall_time, thread_times
+from engine.thread_clock import STATES as THREAD_STATES, split_wall_time, thread_times
 
 __all__ = ["CaptionError", "ScorerBusyError", "ScorerClosedError", "Scorer", "validate_caption",
            "configure_torch_threads", "embedding_to_bytes", "embedding_from_bytes"]
@@ -271,7 +271,7 @@ class Scorer:
         self._stats = dict(requests=0, cache_hits=0, busy=0, batches=0, encoded=0,
                            tokens_computed=0, tokens_reused=0, errors=0, compute_s=0.0,
                            # compute_s split by what the computing thread did (engine/thread_clock.py)
-                           compute_on_cpu_s=0.0, compute_waiting_for_cpu_s=0.0, compute_blocked_s=0.0)
+                           **{f"compute_{state}_s": 0.0 for state in THREAD_STATES})
         self._thread_times = thread_times() is not None  # Linux: the split above is measured
         self._thread = threading.Thread(target=self._run, name=f"scorer[{self.model_id}]", daemon=True)
         self._thread.start()

@@ -26,6 +26,7 @@ import time
 from typing import NamedTuple, Optional
 
 SCHEDSTAT = "/proc/thread-self/schedstat"
+STATES = ("on_cpu", "waiting_for_cpu", "blocked")  # the parts `split_wall_time` returns, in this order
 
 
 class ThreadTimes(NamedTuple):
@@ -64,4 +65,4 @@ def split_wall_time(wall_s: float, before: Optional[ThreadTimes],
         return None
     on_cpu = min(max(after.on_cpu_s - before.on_cpu_s, 0.0), wall_s)
     waiting = min(max(after.waiting_for_cpu_s - before.waiting_for_cpu_s, 0.0), wall_s - on_cpu)
-    return {"on_cpu": on_cpu, "waiting_for_cpu": waiting, "blocked": max(wall_s - on_cpu - waiting, 0.0)}
+    return dict(zip(STATES, (on_cpu, waiting, max(wall_s - on_cpu - waiting, 0.0))))

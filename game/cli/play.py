@@ -4,9 +4,9 @@ It starts the embedded Redis once (unless REDIS_URL points elsewhere), makes
 sure today's puzzles exist (the app factory already imported the starter
 photos), then runs the web server the way the Procfile does: gunicorn with
 the gthread worker (flask-sock holds one thread per open websocket) on
-127.0.0.1:8000. Ctrl-C (or SIGTERM, as `kill` and process managers send) stops gunicorn and, if this command started it, the
-embedded Redis (its append-only file is fsynced on every write, so nothing
-acknowledged is lost). `--server werkzeug` runs Flask's threaded development
+127.0.0.1:8000. Ctrl-C, or SIGTERM as `kill` and process managers send it,
+stops gunicorn and, if this command started it, the embedded Redis (its
+append-only file is fsynced on every write, so nothing acknowledged is lost). `--server werkzeug` runs Flask's threaded development
 server instead, for machines without gunicorn.
 """
 from __future__ import annotations

@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from engine.thread_clock import STATES as THREAD_STATES
 from game.web.security import bearer_token, tokens_match
 
 log = logging.getLogger("captionary.ops")
@@ -160,7 +161,7 @@ class JudgeCollector:
             c = CounterMetricFamily("captionary_judge_compute_thread_seconds",
                                     "The judge's computing seconds by what its thread did: on a core, waiting "
                                     "for a core, blocked (the GIL, torch's other threads)", labels=["state"])
-            for state in ("on_cpu", "waiting_for_cpu", "blocked"):
+            for state in THREAD_STATES:
                 c.add_metric([state], stats[f"compute_{state}_s"])
             yield c
         g = GaugeMetricFamily("captionary_judge_queue_depth", "Drafts waiting for the judge")
